@@ -1,0 +1,58 @@
+"""`torso ...`: the command-line entry point.
+
+Each command lives in a module of this package with two functions, `add_parser(subparsers)` and
+`run(args) -> int`; add its module name to `COMMANDS` to make it available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from torso.errors import TorsoError
+
+COMMANDS = ["summary"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, without usage noise
+        self.exit(2, f"torso: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `torso` parser with every command's subparser."""
+    from torso import __version__
+
+    parser = _Parser(
+        prog="torso",
+        description="Transfer learning for computer vision: a pretrained body plus a task head.",
+    )
+    parser.add_argument("--version", action="version", version=f"torso {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        module = importlib.import_module(f"torso.cli.{name}")
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `torso` with `argv` (default: `sys.argv[1:]`) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except TorsoError as error:
+        print(f"torso: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torso: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Errors a user can cause, with messages in the user's words."""
+
+
+class TorsoError(Exception):
+    """A problem with what the user gave torso: a file, an argument, a backbone name.
+
+    The message names the offending thing and says what is wrong; the CLI prints it on one line.
+    """
+
+
+class UnknownBackboneError(TorsoError, ValueError):
+    """A backbone name that neither timm nor torso's torchvision registry knows."""
+
+
+class WeightsUnavailableError(TorsoError):
+    """Pretrained weights that cannot be found locally or fetched."""
