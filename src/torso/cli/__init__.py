@@ -16,7 +16,8 @@ COMMANDS = ["summary"]
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, without usage noise
+    def error(self, message: str) -> None:
+        # One line and exit 2, as argparse does, without the usage block.
         self.exit(2, f"torso: error: {message}\n")
 
 
