@@ -1,0 +1,309 @@
+"""Input checks: read every file once and report what is wrong with it, naming the file.
+
+`check_data(path, task=...)` is what `torso check` prints and what `load_data` runs first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import statistics
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from torso.data.decode import failure_reason, mask_to_array
+from torso.data.sources import Item, Problem, Source, find_source, split_items
+from torso.errors import TorsoError
+
+DEFAULT_MIN_IMAGE_SIZE = 16
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
+
+
+@dataclass
+class _FileResult:
+    item: Item
+    size: tuple[int, int] | None = None  # (width, height) after EXIF orientation
+    mode: str | None = None
+    digest: bytes | None = None
+    problems: list[Problem] = field(default_factory=list)
+    mask_values: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class DataReport:
+    """What `check_data` found: a summary of the data and every problem with its file and reason.
+
+    `counts[split][name]` is the number of images per class (or label) and split; `modes` counts
+    image modes (`RGB`, `L`, `I;16`, ...); `sizes` are the (width, height) of every readable image;
+    `mask_pixels[value]` counts mask pixels per value over all masks.
+    """
+
+    root: Path
+    task: str
+    classes: list[str] | None
+    counts: dict[str, Counter]
+    modes: Counter
+    sizes: list[tuple[int, int]]
+    mask_pixels: Counter
+    problems: list[Problem]
+    ignore_index: int = 255
+    train_items: list[Item] = field(default_factory=list, repr=False)
+    valid_items: list[Item] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    @property
+    def bad_files(self) -> set[Path]:
+        """Every file or folder named by a problem."""
+        return {problem.file for problem in self.problems}
+
+    def summary(self) -> str:
+        """The summary as lines of text: images per class and split, sizes, modes, mask shares."""
+        lines = [f"{self.task} data in '{self.root}'"]
+        total = {split: sum(counter.values()) for split, counter in self.counts.items()}
+        lines.append(
+            "images: " + ", ".join(f"{split} {total[split]}" for split in self.counts)
+            if self.counts
+            else "images: none"
+        )
+        if self.classes is not None and self.task != "segment":
+            width = max((len(name) for name in self.classes), default=5)
+            splits = list(self.counts)
+            lines.append(f"  {'class':<{width}}  " + "  ".join(f"{s:>6}" for s in splits))
+            for name in self.classes:
+                cells = "  ".join(f"{self.counts[s].get(name, 0):>6}" for s in splits)
+                lines.append(f"  {name:<{width}}  {cells}")
+        if self.sizes:
+            widths = [w for w, _ in self.sizes]
+            heights = [h for _, h in self.sizes]
+            lines.append(
+                f"sizes: width {min(widths)}-{max(widths)} (median {statistics.median(widths):g}),"
+                f" height {min(heights)}-{max(heights)} (median {statistics.median(heights):g})"
+            )
+        if self.modes:
+            lines.append(
+                "modes: " + ", ".join(f"{mode} {n}" for mode, n in self.modes.most_common())
+            )
+        if self.mask_pixels:
+            all_pixels = sum(self.mask_pixels.values())
+            lines.append("mask pixels:")
+            for value in sorted(self.mask_pixels):
+                if value == self.ignore_index:
+                    name = "(ignore)"
+                elif self.classes is not None and 0 <= value < len(self.classes):
+                    name = self.classes[value]
+                else:
+                    name = "(not a code)"
+                share = 100.0 * self.mask_pixels[value] / all_pixels
+                lines.append(f"  {value:>5} {name:<20} {share:6.2f}%")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines.extend(f"  {problem}" for problem in self.problems)
+        else:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block does not make the pixels unreadable
+        orientation = None
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def _inspect_image(item: Item, min_image_size: int) -> _FileResult:
+    result = _FileResult(item)
+    path = item.path
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        result.problems.append(Problem(path, f"unreadable file ({error.strerror or error})"))
+        return result
+    if not data:
+        result.problems.append(Problem(path, "empty file (0 bytes)"))
+        return result
+    result.digest = hashlib.blake2b(data, digest_size=16).digest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            result.mode = image.mode
+            result.size = _oriented_size(image)
+            if image.format == "JPEG":  # scaled DCT decoding still reads the whole stream
+                image.draft(None, (64, 64))
+            image.load()
+    except Exception as error:  # PIL raises many types for broken files; name the file, say why
+        result.problems.append(Problem(path, failure_reason(error)))
+        result.size = None
+        return result
+    width, height = result.size
+    if min(width, height) < min_image_size:
+        result.problems.append(
+            Problem(
+                path, f"image too small ({width}x{height}; the minimum side is {min_image_size} px)"
+            )
+        )
+    return result
+
+
+def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: int) -> None:
+    item = result.item
+    mask_path = Path(item.target)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mask_path.stat().st_size == 0:
+                result.problems.append(Problem(mask_path, "empty mask file (0 bytes)"))
+                return
+            mask = Image.open(mask_path)
+            size = _oriented_size(mask)
+            mask.load()
+        values = mask_to_array(mask, mask_path)
+    except TorsoError as error:
+        result.problems.append(Problem(mask_path, str(error).split(": ", 1)[-1]))
+        return
+    except Exception as error:
+        result.problems.append(Problem(mask_path, "mask: " + failure_reason(error)))
+        return
+    if result.size is not None and size != result.size:
+        result.problems.append(
+            Problem(
+                mask_path,
+                f"mask is {size[0]}x{size[1]} but its image "
+                f"'{item.path.name}' is {result.size[0]}x{result.size[1]}",
+            )
+        )
+    counts = np.bincount(values.ravel()) if values.min() >= 0 else None
+    if counts is None:
+        result.problems.append(Problem(mask_path, "mask has negative values"))
+        return
+    present = {int(v): int(n) for v, n in enumerate(counts) if n}
+    result.mask_values.update(present)
+    if codes is not None:
+        bad = sorted(v for v in present if v >= len(codes) and v != ignore_index)
+        if bad:
+            shown = ", ".join(str(v) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            result.problems.append(
+                Problem(
+                    mask_path,
+                    f"mask value {shown} not in the {len(codes)} codes "
+                    f"(valid: 0-{len(codes) - 1}, and {ignore_index} for ignore)",
+                )
+            )
+
+
+def default_workers() -> int:
+    """Worker processes (or threads) to use by default: the cores this process may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def inspect_items(
+    source: Source,
+    train: list[Item],
+    valid: list[Item],
+    min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    ignore_index: int = 255,
+    num_workers: int | None = None,
+) -> DataReport:
+    """Read every image (and mask) of `train` and `valid` and build the report."""
+    codes = source.classes if source.task == "segment" and source.codes_given else None
+
+    def inspect(item: Item) -> _FileResult:
+        result = _inspect_image(item, min_image_size)
+        if source.task == "segment":
+            _inspect_mask(result, codes, ignore_index)
+        return result
+
+    workers = num_workers if num_workers else default_workers()
+    everything = [(item, "train") for item in train] + [(item, "valid") for item in valid]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
+        results = list(pool.map(inspect, [item for item, _ in everything]))
+    problems = list(source.problems)
+    counts: dict[str, Counter] = {"train": Counter()}
+    if valid:
+        counts["valid"] = Counter()
+    modes: Counter = Counter()
+    sizes: list[tuple[int, int]] = []
+    mask_pixels: Counter = Counter()
+    first_train_copy: dict[bytes, Path] = {}
+    for (item, split), result in zip(everything, results, strict=True):
+        problems.extend(result.problems)
+        if result.mode is not None and not result.problems:
+            modes[result.mode] += 1
+            sizes.append(result.size)
+        mask_pixels.update(result.mask_values)
+        counts[split].update(_count_names(source, item))
+        if split == "train" and result.digest is not None:
+            first_train_copy.setdefault(result.digest, item.path)
+    for (item, split), result in zip(everything, results, strict=True):
+        if split == "valid" and result.digest in first_train_copy:
+            twin = first_train_copy[result.digest]
+            problems.append(
+                Problem(item.path, f"identical to training file '{twin}' (train/valid leakage)")
+            )
+    return DataReport(
+        root=source.root,
+        task=source.task,
+        classes=source.classes,
+        counts=counts,
+        modes=modes,
+        sizes=sizes,
+        mask_pixels=mask_pixels,
+        problems=problems,
+        ignore_index=ignore_index,
+        train_items=train,
+        valid_items=valid,
+    )
+
+
+def _count_names(source: Source, item: Item) -> list[str]:
+    if source.task in ("classify", "siamese"):
+        return [source.classes[item.target]]
+    if source.task == "multilabel":
+        return [source.classes[i] for i in item.target] or ["(no label)"]
+    return ["images"]
+
+
+def check_data(
+    path: str | Path,
+    task: str = "classify",
+    csv: str | Path | None = None,
+    label_delimiter: str = " ",
+    codes: list[str] | str | Path | None = None,
+    ignore_index: int = 255,
+    valid_pct: float = 0.2,
+    seed: int = 0,
+    min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    num_workers: int | None = None,
+) -> DataReport:
+    """Scan the data under `path` as `load_data` would read it and report every problem.
+
+    Reads each file once (in `num_workers` threads): unreadable, corrupt, truncated or empty files,
+    non-image files, images smaller than `min_image_size`, missing masks, masks whose size differs
+    from their image or whose values are not in the codes, empty class folders, and validation
+    files identical to a training file. The split is the one `load_data` makes with the same
+    `valid_pct` and `seed`. Raises `TorsoError` only when the data cannot be read at all.
+    """
+    source = find_source(path, task=task, csv=csv, label_delimiter=label_delimiter, codes=codes)
+    train, valid = split_items(source.items, valid_pct=valid_pct, seed=seed)
+    return inspect_items(source, train, valid, min_image_size, ignore_index, num_workers)

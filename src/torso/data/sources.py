@@ -1,0 +1,353 @@
+"""Finding the labelled items in a folder or CSV, and splitting them into training and validation.
+
+Layouts understood (`root` is the path the user gives):
+
+- classify / siamese, folders: `root/<class>/*.jpg`, split at random by `valid_pct` and `seed`;
+  or `root/train/<class>/...` with `root/valid/<class>/...` (or `root/val/...`), a fixed split.
+- classify / multilabel / regress, CSV: a header row, the first column a file name relative to
+  the CSV's folder; an optional `is_valid` (or `valid`) column of true/false fixes the split.
+  classify: one label column. multilabel: one column whose cell holds labels separated by
+  `label_delimiter` (an empty cell means no label). regress: every other column is a number
+  (one target each).
+- segment: `root/images/*` with `root/masks/*` matched by file stem (extensions may differ), or the
+  same pair of folders inside `root/train/` and `root/valid/` (or `root/val/`). Class names come
+  from `codes` in code, or `root/codes.txt` (one name a line; line index = pixel value).
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from torso.data.decode import is_image_file
+from torso.errors import TorsoError
+
+TASKS = ("classify", "multilabel", "regress", "segment", "siamese")
+VALID_FOLDER_NAMES = ("valid", "val")
+SPLIT_COLUMNS = ("is_valid", "valid")
+_TRUE = {"1", "true", "yes", "y", "t", "valid"}
+_FALSE = {"0", "false", "no", "n", "f", "train", ""}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the data: the file (or folder) and the reason, in the user's words."""
+
+    file: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled example.
+
+    `target` is a class index (classify, siamese), a tuple of class indices (multilabel), a tuple
+    of floats (regress) or the mask's path (segment). `split` is "train", "valid", or None when
+    the random split decides.
+    """
+
+    path: Path
+    target: object
+    split: str | None = None
+
+
+@dataclass
+class Source:
+    """The items found under `root`, their class names and the problems seen while listing them."""
+
+    root: Path
+    task: str
+    items: list[Item]
+    classes: list[str] | None = None
+    target_names: list[str] | None = None
+    codes_given: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Files under `folder`, recursively, sorted, skipping hidden files and folders."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+def _images_in(folder: Path, problems: list[Problem]) -> list[Path]:
+    """Image files under `folder`; every other visible file is recorded as a problem."""
+    images = []
+    for path in _visible_files(folder):
+        if is_image_file(path):
+            images.append(path)
+        else:
+            suffix = path.suffix or "no extension"
+            problems.append(Problem(path, f"not an image file ({suffix})"))
+    return images
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _fixed_split_folders(root: Path) -> tuple[Path, Path] | None:
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    for name in VALID_FOLDER_NAMES:
+        if (root / name).is_dir():
+            return train, root / name
+    return None
+
+
+def _folder_source(root: Path, task: str) -> Source:
+    problems: list[Problem] = []
+    split_folders = _fixed_split_folders(root)
+    parts = (
+        [(split_folders[0], "train"), (split_folders[1], "valid")]
+        if split_folders
+        else [(root, None)]
+    )
+    per_part: list[tuple[str | None, Path, list[Path]]] = []
+    for folder, split in parts:
+        class_folders = _class_folders(folder)
+        if not class_folders:
+            raise TorsoError(
+                f"'{folder}' has no class folders; for {task} data put each class's images in "
+                "its own subfolder (e.g. cats/ and dogs/), or give a CSV with --csv"
+            )
+        for class_folder in class_folders:
+            images = _images_in(class_folder, problems)
+            if not images:
+                problems.append(Problem(class_folder, "empty class folder (no images)"))
+            per_part.append((split, class_folder, images))
+    classes = sorted({class_folder.name for _, class_folder, images in per_part if images})
+    index = {name: i for i, name in enumerate(classes)}
+    items = [
+        Item(path, index[class_folder.name], split)
+        for split, class_folder, images in per_part
+        for path in images
+    ]
+    return Source(root, task, items, classes=classes, problems=problems)
+
+
+def _parse_split(value: str, csv_path: Path, line: int) -> str:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return "valid"
+    if text in _FALSE:
+        return "train"
+    raise TorsoError(f"'{csv_path}' line {line}: split value '{value}' is not true/false")
+
+
+def _csv_source(root: Path, csv_path: Path, task: str, label_delimiter: str) -> Source:
+    if not csv_path.is_file():
+        raise TorsoError(f"CSV file '{csv_path}' not found")
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv_module.reader(handle))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if len(rows) < 2:
+        raise TorsoError(f"'{csv_path}' needs a header row and at least one data row")
+    header = [name.strip() for name in rows[0]]
+    split_column = next((i for i, name in enumerate(header) if name.lower() in SPLIT_COLUMNS), None)
+    label_columns = [i for i in range(1, len(header)) if i != split_column]
+    if not label_columns:
+        raise TorsoError(f"'{csv_path}' has no label column after the file column")
+    if task in ("classify", "siamese", "multilabel") and len(label_columns) != 1:
+        names = ", ".join(header[i] for i in label_columns)
+        raise TorsoError(
+            f"'{csv_path}' has {len(label_columns)} label columns ({names}); {task} data needs "
+            "exactly one (for several numeric targets use task 'regress')"
+        )
+    folder = csv_path.parent
+    problems: list[Problem] = []
+    raw: list[tuple[Path, object, str | None]] = []
+    for line, row in enumerate(rows[1:], start=2):
+        row = row + [""] * (len(header) - len(row))
+        name = row[0].strip()
+        path = Path(name) if Path(name).is_absolute() else folder / name
+        split = None
+        if split_column is not None:
+            split = _parse_split(row[split_column], csv_path, line)
+        if not path.is_file():
+            problems.append(Problem(path, f"listed in '{csv_path.name}' line {line} but not found"))
+            continue
+        if not is_image_file(path):
+            problems.append(Problem(path, f"not an image file ({path.suffix or 'no extension'})"))
+            continue
+        if task == "regress":
+            values = []
+            for column in label_columns:
+                cell = row[column].strip()
+                try:
+                    number = float(cell)
+                except ValueError:
+                    number = math.nan
+                if not math.isfinite(number):
+                    problems.append(
+                        Problem(
+                            path,
+                            f"'{csv_path.name}' line {line}: target '{header[column]}' "
+                            f"is '{cell}', not a finite number",
+                        )
+                    )
+                    break
+                values.append(number)
+            else:
+                raw.append((path, tuple(values), split))
+        elif task == "multilabel":
+            cell = row[label_columns[0]]
+            labels = [x.strip() for x in cell.split(label_delimiter)] if label_delimiter else [cell]
+            raw.append((path, tuple(sorted({x for x in labels if x})), split))
+        else:
+            label = row[label_columns[0]].strip()
+            if not label:
+                problems.append(Problem(path, f"'{csv_path.name}' line {line}: empty label"))
+                continue
+            raw.append((path, label, split))
+    if task == "regress":
+        items = [Item(path, target, split) for path, target, split in raw]
+        names = [header[i] for i in label_columns]
+        return Source(root, task, items, target_names=names, problems=problems)
+    if task == "multilabel":
+        classes = sorted({label for _, labels, _ in raw for label in labels})
+        index = {name: i for i, name in enumerate(classes)}
+        items = [Item(path, tuple(index[x] for x in labels), split) for path, labels, split in raw]
+        return Source(root, task, items, classes=classes, problems=problems)
+    classes = sorted({label for _, label, _ in raw})
+    index = {name: i for i, name in enumerate(classes)}
+    items = [Item(path, index[label], split) for path, label, split in raw]
+    return Source(root, task, items, classes=classes, problems=problems)
+
+
+def read_codes(codes: list[str] | str | Path | None, root: Path) -> list[str] | None:
+    """Class names for segmentation: a list given in code, a codes file, or `root/codes.txt`."""
+    if codes is not None and not isinstance(codes, (str, Path)):
+        names = [str(name) for name in codes]
+        if not names:
+            raise TorsoError("codes: the list of class names is empty")
+        return names
+    if codes is None:
+        path = root / "codes.txt"
+        if not path.is_file():
+            return None
+    else:
+        path = Path(codes) if Path(codes).is_absolute() else root / codes
+        if not path.is_file():
+            raise TorsoError(f"codes file '{path}' not found")
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise TorsoError(f"codes file '{path}' lists no class names")
+    return names
+
+
+def _segmentation_source(root: Path, codes: list[str] | str | Path | None) -> Source:
+    problems: list[Problem] = []
+    split_folders = _fixed_split_folders(root)
+    parts = (
+        [(split_folders[0], "train"), (split_folders[1], "valid")]
+        if split_folders
+        else [(root, None)]
+    )
+    items: list[Item] = []
+    for folder, split in parts:
+        images_folder, masks_folder = folder / "images", folder / "masks"
+        for needed in (images_folder, masks_folder):
+            if not needed.is_dir():
+                raise TorsoError(
+                    f"'{needed}' not found; segmentation data needs images/ and masks/ folders "
+                    "whose files share a stem (images/a.jpg with masks/a.png)"
+                )
+        masks: dict[str, list[Path]] = {}
+        for path in _images_in(masks_folder, problems):
+            masks.setdefault(path.relative_to(masks_folder).with_suffix("").as_posix(), []).append(
+                path
+            )
+        for path in _images_in(images_folder, problems):
+            stem = path.relative_to(images_folder).with_suffix("").as_posix()
+            found = masks.get(stem, [])
+            if not found:
+                reason = f"mask missing (no file '{stem}.*' in '{masks_folder}')"
+                problems.append(Problem(path, reason))
+            elif len(found) > 1:
+                names = ", ".join(p.name for p in found)
+                problems.append(Problem(path, f"several masks share its stem: {names}"))
+            else:
+                items.append(Item(path, found[0], split))
+    names = read_codes(codes, root)
+    return Source(
+        root, "segment", items, classes=names, codes_given=names is not None, problems=problems
+    )
+
+
+def find_source(
+    path: str | Path,
+    task: str = "classify",
+    csv: str | Path | None = None,
+    label_delimiter: str = " ",
+    codes: list[str] | str | Path | None = None,
+) -> Source:
+    """List the labelled items under `path` for `task`, with the problems found while listing.
+
+    Raises `TorsoError` for what makes the whole data unusable (missing folder, wrong layout).
+    """
+    if task not in TASKS:
+        raise TorsoError(f"task '{task}' is not one of {', '.join(TASKS)}")
+    root = Path(path)
+    if not root.exists():
+        raise TorsoError(f"data path '{root}' not found")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise TorsoError(f"data path '{root}' is a file; give a folder or a .csv file")
+        csv, root = root, root.parent
+    if task == "segment":
+        if csv is not None:
+            raise TorsoError("segmentation data is read from images/ and masks/ folders, not a CSV")
+        return _segmentation_source(root, codes)
+    if csv is None and task in ("multilabel", "regress"):
+        default = root / "labels.csv"
+        if not default.is_file():
+            raise TorsoError(
+                f"{task} data needs a CSV of file names and labels: give --csv, or put "
+                f"'labels.csv' in '{root}'"
+            )
+        csv = default
+    if csv is not None:
+        csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
+        return _csv_source(root, csv_path, task, label_delimiter)
+    return _folder_source(root, task)
+
+
+def split_items(
+    items: list[Item], valid_pct: float = 0.2, seed: int = 0
+) -> tuple[list[Item], list[Item]]:
+    """Training and validation items: the fixed split when the items carry one, else random.
+
+    The random split is a function of the sorted file list, `valid_pct` and `seed` only.
+    """
+    if not 0.0 <= valid_pct < 1.0:
+        raise TorsoError(f"valid_pct={valid_pct}: must be at least 0 and below 1")
+    if items and all(item.split is not None for item in items):
+        return (
+            [item for item in items if item.split == "train"],
+            [item for item in items if item.split == "valid"],
+        )
+    ordered = sorted(items, key=lambda item: str(item.path))
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(len(ordered), generator=generator).tolist()
+    count = int(round(len(ordered) * valid_pct))
+    valid_positions = set(order[:count])
+    train = [item for i, item in enumerate(ordered) if i not in valid_positions]
+    valid = [item for i, item in enumerate(ordered) if i in valid_positions]
+    return train, valid

@@ -1,0 +1,170 @@
+"""Resizing and augmentation of an image and its mask together, with torchvision.transforms.v2.
+
+Images are uint8 tensors `(C, H, W)`, masks uint8 tensors `(1, H, W)` of class indices. Every
+geometric step is applied to both with the same parameters; masks always use nearest-neighbour
+sampling and fill uncovered pixels with the ignore value, images fill them with black.
+
+Resize modes (`resize=`), for a square output of side `size`:
+- `squish`: stretch the whole image to `size x size` (aspect ratio not kept, nothing lost);
+- `crop`: scale the shorter side to `size`, then cut the centre square;
+- `pad`: scale the longer side to `size`, then pad the short side equally on both ends.
+
+Validation and prediction get only that deterministic resize. Training, with augmentation on,
+first makes a slightly larger square (the presize, also what the cache stores), then draws
+parameters from a random generator seeded per sample and applies: a random crop of 75-100% of
+the area with aspect 3/4-4/3 resized to `size`, a horizontal flip, a small rotation and zoom,
+a perspective warp and a brightness/contrast change, in the spirit of fastai's `aug_transforms`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from torso.errors import TorsoError
+
+RESIZE_MODES = ("squish", "crop", "pad")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random training augmentation settings (defaults follow fastai's `aug_transforms`).
+
+    `min_scale` is the smallest share of the presized image's area a random crop keeps;
+    `max_warp` moves each corner by up to that fraction of half the side; `max_lighting` is the
+    largest brightness shift (as a fraction of full scale, times 1/2) and contrast change.
+    """
+
+    flip: bool = True
+    max_rotate: float = 10.0
+    min_zoom: float = 1.0
+    max_zoom: float = 1.1
+    max_warp: float = 0.2
+    max_lighting: float = 0.2
+    min_scale: float = 0.75
+    p_affine: float = 0.75
+    p_lighting: float = 0.75
+
+
+def check_resize_mode(resize: str) -> str:
+    """Return `resize` if it is a known mode, else raise `TorsoError` naming the choices."""
+    if resize not in RESIZE_MODES:
+        raise TorsoError(f"resize='{resize}' is not one of {', '.join(RESIZE_MODES)}")
+    return resize
+
+
+def resize_square(
+    image: torch.Tensor,
+    size: int,
+    resize: str = "squish",
+    mask: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Resize an image `(C, H, W)` (and its mask `(1, H, W)`) to `size x size` by `resize`."""
+    height, width = image.shape[-2:]
+    if resize == "squish":
+        target = [size, size]
+    elif resize == "crop":
+        scale = size / min(height, width)
+        target = [max(size, round(height * scale)), max(size, round(width * scale))]
+    else:
+        scale = size / max(height, width)
+        target = [max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))]
+    if [height, width] != target:
+        image = F.resize(image, target, antialias=True)
+        if mask is not None:
+            mask = F.resize(mask, target, interpolation=InterpolationMode.NEAREST_EXACT)
+    if resize == "crop":
+        image = F.center_crop(image, [size, size])
+        if mask is not None:
+            mask = F.center_crop(mask, [size, size])
+    elif resize == "pad":
+        pad_h, pad_w = size - target[0], size - target[1]
+        padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
+        if any(padding):
+            image = F.pad(image, padding, fill=0)
+            if mask is not None:
+                mask = F.pad(mask, padding, fill=ignore_index)
+    return image, mask
+
+
+def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The random generator of one sample: a function of (seed, epoch, index, stream) only."""
+    return np.random.default_rng([int(seed), int(epoch), int(index), int(stream)])
+
+
+def augment(
+    image: torch.Tensor,
+    size: int,
+    settings: Augmentation,
+    generator: np.random.Generator,
+    mask: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Randomly crop a presized image `(C, P, P)` to `(C, size, size)` and augment it.
+
+    The mask `(1, P, P)`, if given, gets the same geometry with nearest sampling. All random
+    numbers are drawn up front in a fixed order, so a (seed, epoch, index) always gives the
+    same result whatever is switched off.
+    """
+    u = generator.random(16)
+    height, width = image.shape[-2:]
+    area = height * width * (settings.min_scale + (1.0 - settings.min_scale) * u[0])
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1]
+    crop_w = min(width, max(1, round(math.sqrt(area * math.exp(log_ratio)))))
+    crop_h = min(height, max(1, round(math.sqrt(area / math.exp(log_ratio)))))
+    top = int(u[2] * (height - crop_h + 1))
+    left = int(u[3] * (width - crop_w + 1))
+    image = F.resized_crop(image, top, left, crop_h, crop_w, [size, size], antialias=True)
+    if mask is not None:
+        mask = F.resized_crop(
+            mask,
+            top,
+            left,
+            crop_h,
+            crop_w,
+            [size, size],
+            interpolation=InterpolationMode.NEAREST_EXACT,
+        )
+    if settings.flip and u[4] < 0.5:
+        image = F.horizontal_flip(image)
+        mask = F.horizontal_flip(mask) if mask is not None else None
+    if u[5] < settings.p_affine and (settings.max_rotate or settings.max_zoom > settings.min_zoom):
+        angle = settings.max_rotate * (2 * u[6] - 1)
+        zoom = settings.min_zoom + (settings.max_zoom - settings.min_zoom) * u[7]
+        geometry = {"angle": angle, "translate": [0.0, 0.0], "scale": zoom, "shear": [0.0, 0.0]}
+        image = F.affine(image, **geometry, interpolation=InterpolationMode.BILINEAR, fill=0)
+        if mask is not None:
+            mask = F.affine(
+                mask, **geometry, interpolation=InterpolationMode.NEAREST, fill=ignore_index
+            )
+    if u[8] < settings.p_affine and settings.max_warp > 0:
+        reach = settings.max_warp * size / 2
+        shifts = (2 * generator.random(8) - 1) * reach
+        corners = [[0, 0], [size - 1, 0], [size - 1, size - 1], [0, size - 1]]
+        inward = [[1, 1], [-1, 1], [-1, -1], [1, -1]]
+        moved = [
+            [x + abs(shifts[2 * k]) * inward[k][0], y + abs(shifts[2 * k + 1]) * inward[k][1]]
+            for k, (x, y) in enumerate(corners)
+        ]
+        image = F.perspective(
+            image, moved, corners, interpolation=InterpolationMode.BILINEAR, fill=0
+        )
+        if mask is not None:
+            mask = F.perspective(
+                mask, moved, corners, interpolation=InterpolationMode.NEAREST, fill=ignore_index
+            )
+    if u[9] < settings.p_lighting and settings.max_lighting > 0:
+        light = settings.max_lighting
+        contrast = math.exp(math.log(1 - light) + (-2 * math.log(1 - light)) * u[10])
+        brightness = 255.0 * light * (u[11] - 0.5)
+        values = image.float()
+        mean = values.mean()
+        image = ((values - mean) * contrast + mean + brightness).clamp_(0, 255).round_()
+        image = image.to(torch.uint8)
+    return image, mask
