@@ -12,7 +12,7 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary"]
+COMMANDS = ["summary", "check"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,113 @@
+"""`torso check DATA`: scan a data folder, print a summary and every problem with its file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from torso.errors import TorsoError
+
+TASK_CHOICES = ["auto", "classify", "multilabel", "regress", "segment", "siamese"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "check",
+        help="scan data for unreadable, corrupt or mislabelled files before training",
+        description=(
+            "Read every file of DATA as `torso train` would and print a summary (images per "
+            "class and split, sizes, modes, mask classes and pixel shares), then every problem "
+            "with its file and reason. Exit status: 0 clean, 1 problems found, 2 bad arguments. "
+            "Example: torso check ./photos"
+        ),
+    )
+    parser.add_argument("data", help="data folder (or a CSV file of file names and labels)")
+    parser.add_argument(
+        "--task",
+        choices=TASK_CHOICES,
+        default="auto",
+        help="auto: segment when DATA has images/ and masks/, else classify (auto)",
+    )
+    parser.add_argument("--csv", default=None, help="CSV of file names and labels, in DATA")
+    parser.add_argument(
+        "--label-delimiter", default=" ", help="multilabel: separator inside a label cell (' ')"
+    )
+    parser.add_argument(
+        "--codes", default=None, help="segment: a codes file, or class names separated by commas"
+    )
+    parser.add_argument(
+        "--ignore-index", type=int, default=255, help="segment: mask value of void pixels (255)"
+    )
+    parser.add_argument(
+        "--valid-pct", type=float, default=0.2, help="share of a random validation split (0.2)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split (0)")
+    parser.add_argument(
+        "--min-image-size", type=int, default=16, help="smallest side in pixels an image may have"
+    )
+    parser.add_argument("--workers", type=int, default=None, help="reading threads (the cores)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def detect_task(data: Path) -> str:
+    """`segment` when DATA (or DATA/train) holds images/ and masks/, else `classify`."""
+    for folder in (data, data / "train"):
+        if (folder / "images").is_dir() and (folder / "masks").is_dir():
+            return "segment"
+    return "classify"
+
+
+def _codes(value: str | None, data: Path):
+    if value is None:
+        return None
+    candidate = Path(value) if Path(value).is_absolute() else data / value
+    if candidate.is_file() or Path(value).is_file():
+        return candidate if candidate.is_file() else Path(value)
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise TorsoError(f"--codes '{value}': neither a file nor comma-separated class names")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from torso.data import check_data
+
+    data = Path(args.data)
+    if not data.exists():
+        raise TorsoError(f"data path '{data}' not found")
+    if args.min_image_size < 1:
+        raise TorsoError("--min-image-size must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise TorsoError("--workers must be at least 1")
+    task = args.task
+    if task == "auto":
+        task = "classify" if data.is_file() else detect_task(data)
+    root = data.parent if data.is_file() else data
+    report = check_data(
+        data,
+        task=task,
+        csv=args.csv,
+        label_delimiter=args.label_delimiter,
+        codes=_codes(args.codes, root),
+        ignore_index=args.ignore_index,
+        valid_pct=args.valid_pct,
+        seed=args.seed,
+        min_image_size=args.min_image_size,
+        num_workers=args.workers,
+    )
+    if args.json:
+        document = {
+            "root": str(report.root),
+            "task": report.task,
+            "classes": report.classes,
+            "counts": {split: dict(counter) for split, counter in report.counts.items()},
+            "modes": dict(report.modes),
+            "mask_pixels": {str(k): v for k, v in sorted(report.mask_pixels.items())},
+            "problems": [{"file": str(p.file), "reason": p.reason} for p in report.problems],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        print(report)
+    return 0 if report.ok else 1
