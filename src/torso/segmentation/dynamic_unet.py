@@ -129,7 +129,9 @@ class UnetDecoder(nn.Module):
         middle_width = capped(2 * deepest)
         width = capped(deepest)
         self.norm = batch_norm(deepest)
-        self.middle = nn.Sequential(conv_layer(deepest, middle_width), conv_layer(middle_width, width))
+        self.middle = nn.Sequential(
+            conv_layer(deepest, middle_width), conv_layer(middle_width, width)
+        )
 
         self.skip_indices = skip_stages(reductions)
         count = len(self.skip_indices)
@@ -176,7 +178,7 @@ class UnetDecoder(nn.Module):
     def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.middle(F.relu(self.norm(features[-1])))
         x = self.middle_attention(x)
-        for block, index in zip(self.blocks, self.skip_indices):
+        for block, index in zip(self.blocks, self.skip_indices, strict=True):
             x = block(x, features[index])
         x = self.extra_upsample(x)
         if x.shape[-2:] != image.shape[-2:]:

@@ -44,7 +44,7 @@ def conv_layer(
 
 
 class Blur(nn.Sequential):
-    """Shift by one pixel then average 2×2 windows: smooths the checkerboard of sub-pixel upsampling.
+    """Shift by one pixel, then average 2×2 windows: softens sub-pixel checkerboards.
 
     `(N, C, H, W)` → `(N, C, H, W)`.
     """

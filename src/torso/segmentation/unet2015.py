@@ -135,9 +135,10 @@ class UNet2015(nn.Module):
             )
         self.in_channels = in_channels
         self.num_classes = num_classes
-        down_widths = (in_channels,) + LEVEL_CHANNELS[:-1]
+        down_widths = (in_channels, *LEVEL_CHANNELS[:-2])
         self.contracting = nn.ModuleList(
-            _conv_pair(c_in, c_out) for c_in, c_out in zip(down_widths, LEVEL_CHANNELS[:-1])
+            _conv_pair(c_in, c_out)
+            for c_in, c_out in zip(down_widths, LEVEL_CHANNELS[:-1], strict=True)
         )
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         self.bottom = _conv_pair(LEVEL_CHANNELS[-2], LEVEL_CHANNELS[-1])
@@ -147,7 +148,8 @@ class UNet2015(nn.Module):
             for c_in in deep_to_shallow[:-1]
         )
         self.expanding = nn.ModuleList(
-            _conv_pair(c_in, c_out) for c_in, c_out in zip(deep_to_shallow[:-1], deep_to_shallow[1:])
+            _conv_pair(c_in, c_out)
+            for c_in, c_out in zip(deep_to_shallow[:-1], deep_to_shallow[1:], strict=True)
         )
         self.classifier = nn.Conv2d(LEVEL_CHANNELS[0], num_classes, kernel_size=1)
 
@@ -168,7 +170,9 @@ class UNet2015(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottom(x)
-        for up, level, skip in zip(self.up_convolutions, self.expanding, reversed(skips)):
+        for up, level, skip in zip(
+            self.up_convolutions, self.expanding, reversed(skips), strict=True
+        ):
             x = up(x)
             x = torch.cat([_center_crop(skip, x.shape[-2], x.shape[-1]), x], dim=1)
             x = level(x)
