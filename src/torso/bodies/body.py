@@ -84,6 +84,11 @@ class Body(nn.Module):
         """Channels of the final feature map (what a classification head receives)."""
         return self.channels[-1]
 
+    @property
+    def trunk(self) -> nn.Module:
+        """The module whose submodules `stage_names` name."""
+        raise NotImplementedError
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """`(images - mean) / std` with this body's stats; identity when it has none."""
         if self.mean is None:
@@ -138,6 +143,10 @@ class SequentialBody(Body):
         if split is None:
             split = stage_indices[split_in_two(len(stage_indices)) - 1] + 1
         self.split = split
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.layers
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.normalize(images)

@@ -44,6 +44,18 @@ def timm_stats(model: nn.Module) -> Stats | None:
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
 
+@torch.no_grad()
+def _final_channels(model: nn.Module, in_channels: int) -> int:
+    """Channels `forward_features` returns (`num_features` may count a head's conv instead)."""
+    was_training = model.training
+    model.eval()
+    try:
+        size = max(64, *getattr(model, "pretrained_cfg", {}).get("min_input_size", (0, 0, 0))[1:])
+        return int(model.forward_features(torch.zeros(1, in_channels, size, size)).shape[1])
+    finally:
+        model.train(was_training)
+
+
 class TimmBody(Body):
     """A timm model as a body: `forward_intermediates` gives the stage maps.
 
@@ -68,7 +80,7 @@ class TimmBody(Body):
             indices = list(range(len(info)))
         channels = [int(info[i]["num_chs"]) for i in indices]
         if not tokens:
-            channels[-1] = int(model.num_features)
+            channels[-1] = _final_channels(model, in_channels)
         super().__init__(
             name,
             in_channels,
@@ -80,6 +92,10 @@ class TimmBody(Body):
         self.model = model
         self.indices = indices
         self.tokens = tokens
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.model
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.normalize(images)

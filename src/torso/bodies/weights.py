@@ -34,14 +34,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise TorsoError(f"weights file '{path}' does not exist")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
+    except (
+        pickle.UnpicklingError,
+        SafetensorError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+    ) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise TorsoError(
             f"weights file '{path}' cannot be read as safetensors or a weights-only torch file: "
