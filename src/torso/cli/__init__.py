@@ -12,7 +12,7 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary", "check"]
+COMMANDS = ["summary", "check", "train"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,369 @@
+"""`torso train DATA`: fine-tune (or train) a model on a folder of images and write a run folder.
+
+The run folder (`--out`, default `runs/<data folder name>`) receives `model.safetensors` +
+`torso.json` (the final model), `best/` (the best epoch's model), `state.safetensors` (for
+`--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from torso.errors import TorsoError
+
+DEFAULT_BACKBONE = "resnet18"
+ARGS_FILE = "train_args.json"
+
+
+# -- argument types: a bad value is one line and exit 2 ---------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by `torso train` and `torso lr-find`."""
+    parser.add_argument("data", help="folder of images (class folders, or images + labels CSV)")
+    parser.add_argument(
+        "--task",
+        default="classify",
+        help="classify (default), multilabel or regress",
+    )
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"timm name (resnet34) or torchvision name (tv:resnet34); default {DEFAULT_BACKBONE}",
+    )
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from the backbone's pretrained weights (fine-tune: head first, then all)",
+    )
+    weights.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="start from pretrained weights in a local file (safetensors or weights-only torch)",
+    )
+    parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (224)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="batch size (32)")
+    parser.add_argument("--in-channels", type=positive_int, default=3, help="image channels (3)")
+    parser.add_argument(
+        "--csv", help="labels CSV (multilabel, regress), relative to DATA or a path"
+    )
+    parser.add_argument(
+        "--valid-pct",
+        type=fraction,
+        default=0.2,
+        help="fraction held out for validation when DATA has no valid/ folder (0.2)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="loader processes (auto)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable or bad images instead of stopping"
+    )
+    parser.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    parser.add_argument("--no-cache", action="store_true", help="decode images every epoch")
+    parser.add_argument(
+        "--label-smoothing", type=fraction, default=0.0, help="classify: label smoothing (0)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="multilabel: probability from which a label is predicted (0.5)",
+    )
+    parser.add_argument("--loss", choices=["mse", "l1"], default="mse", help="regress: loss (mse)")
+    parser.add_argument(
+        "--y-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="regress: keep outputs in [LOW, HIGH]",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "bf16", "fp16"],
+        default="auto",
+        help="auto: bf16/fp16 on GPUs, none on CPUs (default auto)",
+    )
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on a folder of images",
+        description=(
+            "Train BACKBONE with a task head on DATA and write a run folder with the model, "
+            "metrics.csv, plots and report.html. With --pretrained (or --weights FILE) it "
+            "fine-tunes as fastai does (head first, then everything); otherwise it trains from "
+            "random weights with the one-cycle policy. "
+            "Example: torso train ./pets --pretrained --backbone resnet34 --epochs 4"
+        ),
+    )
+    add_data_and_model_arguments(parser)
+    parser.add_argument("--epochs", type=positive_int, default=5, help="epochs (5)")
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="peak learning rate of the head (default 2e-3 fine-tuning, 1e-3 otherwise)",
+    )
+    parser.add_argument(
+        "--lr-find",
+        action="store_true",
+        help="run the learning-rate finder first and use its suggestion",
+    )
+    parser.add_argument(
+        "--freeze-epochs",
+        type=int,
+        default=1,
+        help="fine-tuning: epochs training the head only (1)",
+    )
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    parser.add_argument(
+        "--accumulate",
+        type=positive_int,
+        default=1,
+        help="batches whose gradients add up before each step (1)",
+    )
+    parser.add_argument("--compile", action="store_true", help="use torch.compile")
+    parser.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help="stop after this many epochs without improvement",
+    )
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    parser.add_argument("--out", help="run folder (default runs/<data folder name>)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN",
+        help="continue the killed run in RUN (or in --out) from its last finished epoch",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+# -- helpers shared with lr-find and predict --------------------------------------------------
+def task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The task options that the command line sets, for the chosen task."""
+    if args.task == "classify":
+        return {"label_smoothing": args.label_smoothing}
+    if args.task == "multilabel":
+        return {"threshold": args.threshold}
+    if args.task == "regress":
+        return {"loss": args.loss, "y_range": tuple(args.y_range) if args.y_range else None}
+    return {}
+
+
+def pretrained_choice(args: argparse.Namespace) -> bool | str:
+    """False, True (the hub or an installed package), or a local weights file."""
+    if args.weights:
+        if not Path(args.weights).is_file():
+            raise TorsoError(f"--weights: '{args.weights}' is not a file")
+        return args.weights
+    return bool(args.pretrained)
+
+
+def load_training_data(args: argparse.Namespace):
+    """`torso.data.load_data` with the command line's options."""
+    from torso.data import load_data
+
+    if not Path(args.data).exists():
+        raise TorsoError(f"data folder '{args.data}' does not exist")
+    if not Path(args.data).is_dir():
+        raise TorsoError(f"data '{args.data}' is not a folder")
+    if args.workers is not None and args.workers < 0:
+        raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
+    return load_data(
+        args.data,
+        task=args.task,
+        size=args.size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        seed=args.seed,
+        valid_pct=args.valid_pct,
+        augment=not args.no_augment,
+        cache=not args.no_cache,
+        skip_bad=args.skip_bad,
+        in_channels=args.in_channels,
+        csv=args.csv,
+    )
+
+
+def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
+    """The model (built by the task from a fresh config) and its Learner."""
+    from torso.checkpoint import make_config
+    from torso.learner import Learner
+
+    config = make_config(
+        task,
+        args.backbone,
+        dls.num_outputs,
+        classes=dls.classes if dls.classes is not None else getattr(dls, "target_names", None),
+        size=dls.size,
+        in_channels=dls.in_channels,
+    )
+    config["resize"] = getattr(dls, "resize", "squish")
+    model = task.build_model(config, pretrained=pretrained)
+    config["stats"] = _plain_stats(getattr(model[0], "stats", None))
+    valid = dls.valid if len(dls.valid) > 0 else None
+    precision = None if args.mixed_precision == "auto" else args.mixed_precision
+    return Learner(
+        model,
+        dls.train,
+        valid,
+        task=task,
+        config=config,
+        callbacks=callbacks,
+        weight_decay=getattr(args, "weight_decay", 0.01),
+        device=args.device,
+        mixed_precision=precision,
+        compile=getattr(args, "compile", False),
+        accumulate=getattr(args, "accumulate", 1),
+        out=out,
+    )
+
+
+def _plain_stats(stats):
+    if stats is None:
+        return None
+    return [list(map(float, stats[0])), list(map(float, stats[1]))]
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` and make sure files can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".torso-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise TorsoError(
+            f"cannot write to output folder '{folder}': {error.strerror or error}"
+        ) from None
+
+
+def default_run_folder(data: str) -> Path:
+    """`runs/<data folder name>`, with `-2`, `-3`, ... if taken."""
+    name = Path(data).resolve().name or "run"
+    candidate = Path("runs") / name
+    number = 2
+    while candidate.exists():
+        candidate = Path("runs") / f"{name}-{number}"
+        number += 1
+    return candidate
+
+
+# -- the command ------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    from torso.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
+    from torso.learner import set_seed
+    from torso.tasks import get_task
+
+    if args.resume is not None:
+        out = Path(args.out if args.resume is True else args.resume)
+        if args.resume is True and not args.out:
+            raise TorsoError("--resume needs the run folder: --resume RUN or --out RUN")
+        saved = out / ARGS_FILE
+        if not saved.exists():
+            raise TorsoError(f"cannot resume: '{out}' has no {ARGS_FILE} (not a torso run folder)")
+        try:
+            stored = json.loads(saved.read_text())
+        except json.JSONDecodeError:
+            raise TorsoError(f"cannot resume: '{saved}' is damaged") from None
+        data = args.data
+        args = argparse.Namespace(**{**vars(args), **stored})
+        args.data, args.resume = data, str(out)
+    else:
+        out = Path(args.out) if args.out else default_run_folder(args.data)
+    if args.freeze_epochs < 0:
+        raise TorsoError(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
+    if args.weight_decay < 0:
+        raise TorsoError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
+    check_writable(out)
+    task = get_task(args.task, **task_options(args))
+    pretrained = False if args.resume else pretrained_choice(args)
+    if args.resume is None:
+        stored = {k: v for k, v in vars(args).items() if k not in ("_run", "command", "resume")}
+        (out / ARGS_FILE).write_text(json.dumps(stored, indent=2) + "\n")
+
+    set_seed(args.seed)
+    dls = load_training_data(args)
+    callbacks = [] if args.quiet else [Progress()]
+    callbacks.append(CSVLog())
+    if len(dls.valid) > 0:
+        callbacks.append(SaveBest())
+        if args.patience:
+            callbacks.append(EarlyStopping(patience=args.patience))
+    if args.tensorboard:
+        callbacks.append(TensorBoard())
+    learner = build_learner(args, dls, task, pretrained=pretrained, out=out, callbacks=callbacks)
+    if not args.quiet:
+        print(dls.describe(), flush=True)
+        if not pretrained and not args.resume:
+            print(
+                "training from random weights (give --pretrained or --weights FILE to "
+                "fine-tune a pretrained body)",
+                flush=True,
+            )
+
+    lr_curve = None
+    if args.resume:
+        learner.resume()
+    else:
+        lr = args.lr
+        if args.lr_find:
+            lr_curve = learner.lr_find(plot=out / "lr_find.png")
+            lr = lr_curve.suggestion
+            if not args.quiet:
+                print(f"lr_find suggests {lr:.2e}", flush=True)
+        if pretrained:
+            learner.fine_tune(args.epochs, lr or 2e-3, freeze_epochs=args.freeze_epochs)
+        else:
+            learner.fit_one_cycle(args.epochs, lr or 1e-3)
+    learner.save_model(out)
+    from torso.run_report import write_run_report
+
+    report = write_run_report(learner, out, title=f"torso train {args.data}", lr_curve=lr_curve)
+    final = learner.history[-1] if learner.history else {}
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in ("epoch", "time", "lr"))
+    print(f"saved model to {out}  {shown}", flush=True)
+    print(f"report: {report}", flush=True)
+    return 0

@@ -1,0 +1,99 @@
+"""Learning-rate and momentum schedules, and how a rate spreads over parameter groups.
+
+These follow fastai's meaning so that numbers from the book carry over:
+
+* a `slice(low, high)` spreads geometrically from `low` (earliest group) to `high` (the head);
+  `slice(high)` gives `high / 10` to every group but the last, which gets `high`;
+  a plain number is used for every group;
+* one cycle: cosine warm-up from `lr_max / div` to `lr_max` over the first `pct_start` of the
+  steps, then cosine annealing down to `lr_max / div_final`; momentum moves the other way
+  (0.95 → 0.85 → 0.95 by default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torso.errors import TorsoError
+
+LearningRate = float | slice | Sequence[float]
+
+
+def spread_learning_rate(lr: LearningRate, num_groups: int) -> list[float]:
+    """One learning rate per parameter group, from a number, a slice or a list.
+
+    `spread_learning_rate(slice(1e-5, 1e-3), 3)` → `[1e-5, 1e-4, 1e-3]`;
+    `spread_learning_rate(slice(1e-3), 3)` → `[1e-4, 1e-4, 1e-3]`;
+    `spread_learning_rate(1e-3, 3)` → `[1e-3, 1e-3, 1e-3]`.
+    """
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be at least 1, got {num_groups}")
+    if isinstance(lr, slice):
+        if lr.step is not None:
+            raise TorsoError(f"a learning-rate slice takes no step, got {lr}")
+        if lr.start is None:
+            if lr.stop is None:
+                raise TorsoError("a learning-rate slice needs at least an upper value")
+            high = float(lr.stop)
+            rates = [high / 10] * (num_groups - 1) + [high]
+        else:
+            rates = geometric_steps(float(lr.start), float(lr.stop), num_groups)
+    elif isinstance(lr, int | float):
+        rates = [float(lr)] * num_groups
+    else:
+        rates = [float(value) for value in lr]
+        if len(rates) != num_groups:
+            raise TorsoError(
+                f"got {len(rates)} learning rates for {num_groups} parameter groups; "
+                "give one number, a slice, or one rate per group"
+            )
+    for rate in rates:
+        if not rate > 0 or math.isinf(rate):
+            raise TorsoError(f"learning rates must be positive and finite, got {rates}")
+    return rates
+
+
+def geometric_steps(start: float, stop: float, count: int) -> list[float]:
+    """`count` values from `start` to `stop` with a constant ratio between neighbours."""
+    if count == 1:
+        return [stop]
+    if start <= 0 or stop <= 0:
+        raise TorsoError(f"learning rates must be positive, got slice({start}, {stop})")
+    ratio = (stop / start) ** (1 / (count - 1))
+    return [start * ratio**index for index in range(count)]
+
+
+def cosine_between(start: float, end: float, position: float) -> float:
+    """Half a cosine from `start` (position 0) to `end` (position 1)."""
+    return start + (1 + math.cos(math.pi * (1 - position))) * (end - start) / 2
+
+
+def two_phase_cosine(first: float, middle: float, last: float, pct_start: float, position: float):
+    """Cosine from `first` to `middle` over `[0, pct_start)`, then from `middle` to `last`."""
+    if position < pct_start:
+        return cosine_between(first, middle, position / pct_start)
+    rest = 1 - pct_start
+    return cosine_between(middle, last, (position - pct_start) / rest if rest > 0 else 1.0)
+
+
+def one_cycle_learning_rate(
+    lr_max: float,
+    position: float,
+    *,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+) -> float:
+    """The one-cycle learning rate at `position` (fraction of the training steps done, 0..1)."""
+    return two_phase_cosine(lr_max / div, lr_max, lr_max / div_final, pct_start, position)
+
+
+def one_cycle_momentum(
+    position: float,
+    *,
+    moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+    pct_start: float = 0.25,
+) -> float:
+    """The one-cycle momentum (Adam's beta1) at `position`: high → low → high."""
+    return two_phase_cosine(moms[0], moms[1], moms[2], pct_start, position)

@@ -1,0 +1,81 @@
+"""Regression: one or more numbers per image (a count, an age, keypoint coordinates)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
+
+from torso.errors import TorsoError
+from torso.tasks.base import Task
+
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+
+
+class RegressTask(Task):
+    """Mean squared error (or L1); mean absolute error and root mean squared error.
+
+    Targets are floats (N, T) (or (N,) for one target); outputs are (N, T).
+
+    Options:
+        loss: `"mse"` (default) or `"l1"`.
+        y_range: `(low, high)`: the head ends in a scaled sigmoid so outputs stay in that range.
+    """
+
+    name = "regress"
+    main_metric = "mae"
+    higher_is_better = False
+
+    def __init__(self, loss: str = "mse", y_range: tuple[float, float] | None = None) -> None:
+        if loss not in LOSSES:
+            raise TorsoError(f"regression loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        if y_range is not None:
+            if len(y_range) != 2 or not float(y_range[0]) < float(y_range[1]):
+                raise TorsoError(f"y_range must be (low, high) with low < high, got {y_range}")
+            y_range = (float(y_range[0]), float(y_range[1]))
+        super().__init__(loss=loss, y_range=list(y_range) if y_range else None)
+
+    def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
+        options = super().head_options(config)
+        if self.options["y_range"] is not None:
+            options.setdefault("y_range", tuple(self.options["y_range"]))
+        return options
+
+    def loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
+        outputs = outputs.float()
+        targets = targets.float().reshape(outputs.shape)
+        losses = LOSSES[self.options["loss"]](outputs, targets, reduction="none")
+        if reduction == "none":
+            return losses.reshape(len(losses), -1).mean(dim=1)
+        return losses.mean() if reduction == "mean" else losses.sum()
+
+    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
+        return {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)}
+
+    def metric_inputs(
+        self, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = outputs.float()
+        return outputs, targets.float().reshape(outputs.shape)
+
+    def activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float()
+
+    def describe(
+        self, activations: torch.Tensor, classes: list[str] | None
+    ) -> list[dict[str, Any]]:
+        values = activations.reshape(len(activations), -1)
+        names = classes if classes and len(classes) == values.shape[1] else None
+        if names is None:
+            names = (
+                ["value"]
+                if values.shape[1] == 1
+                else [f"value_{i}" for i in range(values.shape[1])]
+            )
+        return [
+            {name: round(float(v), 6) for name, v in zip(names, row, strict=True)} for row in values
+        ]
