@@ -121,7 +121,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # owned, writable, contiguous
 
 
 def read_image(

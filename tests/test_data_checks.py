@@ -1,0 +1,130 @@
+"""Input checks: each kind of bad file gives a message naming it; `torso check` exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_data_helpers import make_class_folders, make_segmentation, noise_image
+
+from torso.cli import main
+from torso.data import DataCheckError, check_data, load_data
+
+
+def _reasons(report) -> dict[str, str]:
+    return {problem.file.name: problem.reason for problem in report.problems}
+
+
+@pytest.fixture
+def messy(tmp_path):
+    """Classification folders with one file of each problem kind, and well-formed oddities."""
+    root = make_class_folders(tmp_path / "messy", {"cat": 4, "dog": 4})
+    (root / "bird").mkdir()  # empty class
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / "zero.jpg").write_bytes(b"")
+    jpeg = root / "dog" / "corrupt.jpg"
+    noise_image(50).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:20] + b"\x00garbage" * 50)
+    png = root / "dog" / "truncated.png"
+    noise_image(51, 64, 64).save(png)
+    png.write_bytes(png.read_bytes()[:400])
+    cut_jpeg = root / "dog" / "truncated.jpg"
+    noise_image(52, 64, 64).save(cut_jpeg, quality=90)
+    cut_jpeg.write_bytes(cut_jpeg.read_bytes()[:-600])
+    noise_image(53, 4, 4).save(root / "cat" / "tiny.png")
+    # Well-formed files in unusual modes and names: no problem expected.
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(root / "cat" / "deep16.png")
+    Image.new("RGBA", (20, 20), (0, 0, 255, 128)).save(root / "cat" / "alpha.png")
+    Image.new("P", (20, 20), 3).save(root / "dog" / "palette.png")
+    Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(root / "dog" / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise_image(54, 30, 20).save(root / "dog" / "rotated.jpg", exif=exif)
+    noise_image(55).save(root / "cat" / "chat_été_猫.png")
+    return root
+
+
+def test_each_problem_names_its_file(messy):
+    report = check_data(messy, num_workers=2)
+    reasons = _reasons(report)
+    assert "empty class folder" in reasons["bird"]
+    assert "not an image file (.txt)" in reasons["notes.txt"]
+    assert "empty file (0 bytes)" in reasons["zero.jpg"]
+    assert "not a readable image" in reasons["corrupt.jpg"] or "corrupt" in reasons["corrupt.jpg"]
+    assert "truncated" in reasons["truncated.png"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "image too small (4x4" in reasons["tiny.png"]
+    fine = {"deep16.png", "alpha.png", "palette.png", "cmyk.jpg", "rotated.jpg", "chat_été_猫.png"}
+    assert not fine & set(reasons)
+    assert len(report.problems) == 7
+    assert {"I;16", "RGBA", "P", "CMYK"} <= set(report.modes)
+    assert (20, 30) in report.sizes  # EXIF-rotated size is reported as displayed
+    assert not report.ok
+    text = str(report)
+    assert "7 problem(s)" in text and "truncated.png" in text and "cat" in text
+
+
+def test_load_data_stops_with_the_list_or_skips_and_counts(messy):
+    with pytest.raises(DataCheckError) as caught:
+        load_data(messy, size=16, batch_size=4, num_workers=0)
+    message = str(caught.value)
+    assert "7 problem(s)" in message and "zero.jpg" in message and "--skip-bad" in message
+    dls = load_data(messy, size=16, batch_size=4, num_workers=0, skip_bad=True)
+    assert len(dls.skipped) == 7
+    used = {path.name for path in dls.train_items + dls.valid_items}
+    assert "zero.jpg" not in used and "truncated.png" not in used and "tiny.png" not in used
+    assert {"deep16.png", "cmyk.jpg", "chat_été_猫.png"} <= used
+    assert dls.classes == ["cat", "dog"]
+    for images, _ in dls.train:
+        assert images.shape[1:] == (3, 16, 16)
+
+
+def test_segmentation_mask_problems(tmp_path):
+    root = make_segmentation(tmp_path / "seg", count=5, codes=3)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "1.png")  # wrong size
+    bad_values = np.zeros((40, 48), np.uint8)
+    bad_values[0, 0] = 7
+    Image.fromarray(bad_values).save(root / "masks" / "2.png")
+    (root / "masks" / "3.png").unlink()
+    report = check_data(root, task="segment", num_workers=1)
+    reasons = _reasons(report)
+    assert reasons["1.png"] == "mask is 10x10 but its image '1.jpg' is 48x40"
+    assert "mask value 7 not in the 3 codes" in reasons["2.png"]
+    assert "mask missing" in reasons["3.jpg"]
+    assert len(report.problems) == 3
+    summary = report.summary()
+    assert "background" in summary and "box" in summary and "%" in summary
+
+
+def test_identical_files_in_train_and_valid_are_leakage(tmp_path):
+    root = tmp_path / "split"
+    make_class_folders(root / "train", {"a": 3, "b": 3})
+    make_class_folders(root / "valid", {"a": 1, "b": 1}, start_seed=100)
+    shutil.copy(root / "train" / "a" / "0.png", root / "valid" / "b" / "copy.png")
+    report = check_data(root)
+    assert len(report.problems) == 1
+    problem = report.problems[0]
+    assert problem.file.name == "copy.png" and "leakage" in problem.reason
+    assert "0.png" in problem.reason
+    assert report.counts["valid"]["b"] == 2 and report.counts["train"]["a"] == 3
+
+
+def test_cli_exit_codes(tmp_path, messy, capsys):
+    clean = make_class_folders(tmp_path / "clean", {"x": 3, "y": 3})
+    assert main(["check", str(clean)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    assert main(["check", str(messy)]) == 1
+    out = capsys.readouterr().out
+    assert "truncated.png" in out and "notes.txt" in out
+    assert main(["check", str(messy), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert len(document["problems"]) == 7
+    assert main(["check", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["check", str(clean), "--task", "regress"]) == 2  # no labels.csv
+    seg = make_segmentation(tmp_path / "seg", count=3)
+    assert main(["check", str(seg)]) == 0  # auto-detected as segmentation
+    assert "mask pixels" in capsys.readouterr().out
