@@ -98,6 +98,25 @@ def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> np.r
     return np.random.default_rng([int(seed), int(epoch), int(index), int(stream)])
 
 
+def _rotation_zoom(angle: float, zoom: float, cx: float, cy: float) -> np.ndarray:
+    """Output-to-input pixel map of a rotation by `angle` radians and a zoom about (cx, cy)."""
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    return np.array(
+        [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy], [0, 0, 1]]
+    )
+
+
+def _homography(sources: list, targets: list) -> np.ndarray:
+    """The 3x3 map taking each of four `targets` points (output) to its `sources` point (input)."""
+    rows, values = [], []
+    for (xs, ys), (xt, yt) in zip(sources, targets, strict=True):
+        rows.append([xt, yt, 1, 0, 0, 0, -xs * xt, -xs * yt])
+        rows.append([0, 0, 0, xt, yt, 1, -ys * xt, -ys * yt])
+        values.extend([xs, ys])
+    solution = np.linalg.solve(np.array(rows, dtype=np.float64), np.array(values))
+    return np.append(solution, 1.0).reshape(3, 3)
+
+
 def augment(
     image: torch.Tensor,
     size: int,
@@ -134,30 +153,36 @@ def augment(
     if settings.flip and u[4] < 0.5:
         image = F.horizontal_flip(image)
         mask = F.horizontal_flip(mask) if mask is not None else None
+    # Rotation/zoom and the perspective warp are fused into one homography, one resampling.
+    matrix = np.eye(3)
     if u[5] < settings.p_affine and (settings.max_rotate or settings.max_zoom > settings.min_zoom):
-        angle = settings.max_rotate * (2 * u[6] - 1)
+        angle = math.radians(settings.max_rotate * (2 * u[6] - 1))
         zoom = settings.min_zoom + (settings.max_zoom - settings.min_zoom) * u[7]
-        geometry = {"angle": angle, "translate": [0.0, 0.0], "scale": zoom, "shear": [0.0, 0.0]}
-        image = F.affine(image, **geometry, interpolation=InterpolationMode.BILINEAR, fill=0)
-        if mask is not None:
-            mask = F.affine(
-                mask, **geometry, interpolation=InterpolationMode.NEAREST, fill=ignore_index
-            )
+        matrix = _rotation_zoom(angle, zoom, size / 2, size / 2)
     if u[8] < settings.p_affine and settings.max_warp > 0:
         reach = settings.max_warp * size / 2
-        shifts = (2 * generator.random(8) - 1) * reach
-        corners = [[0, 0], [size - 1, 0], [size - 1, size - 1], [0, size - 1]]
-        inward = [[1, 1], [-1, 1], [-1, -1], [1, -1]]
+        shifts = np.abs((2 * generator.random(8) - 1) * reach)
+        corners = [(0, 0), (size, 0), (size, size), (0, size)]
+        inward = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
         moved = [
-            [x + abs(shifts[2 * k]) * inward[k][0], y + abs(shifts[2 * k + 1]) * inward[k][1]]
+            (x + shifts[2 * k] * inward[k][0], y + shifts[2 * k + 1] * inward[k][1])
             for k, (x, y) in enumerate(corners)
         ]
+        matrix = matrix @ _homography(moved, corners)
+    if not np.allclose(matrix, np.eye(3)):
+        coefficients = (matrix / matrix[2, 2]).flatten()[:8].tolist()
+        # fill=None samples zeros outside, as fill=0 would, without the extra coverage pass
         image = F.perspective(
-            image, moved, corners, interpolation=InterpolationMode.BILINEAR, fill=0
+            image, None, None, InterpolationMode.BILINEAR, fill=None, coefficients=coefficients
         )
         if mask is not None:
             mask = F.perspective(
-                mask, moved, corners, interpolation=InterpolationMode.NEAREST, fill=ignore_index
+                mask,
+                None,
+                None,
+                InterpolationMode.NEAREST,
+                fill=[ignore_index],
+                coefficients=coefficients,
             )
     if u[9] < settings.p_lighting and settings.max_lighting > 0:
         light = settings.max_lighting
