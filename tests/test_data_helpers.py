@@ -41,8 +41,9 @@ def make_segmentation(
         image = np.array(noise_image(i, width, height)) // 4
         mask = np.zeros((height, width), np.uint8)
         top, left = 5 + i % 5, 6 + i % 7
-        image[top : top + 12, left : left + 16] = 250
-        mask[top : top + 12, left : left + 16] = 1
+        box_height, box_width = round(height * 0.3), width // 3
+        image[top : top + box_height, left : left + box_width] = 250
+        mask[top : top + box_height, left : left + box_width] = 1
         mask[-4:, -4:] = 2
         Image.fromarray(image).save(root / "images" / f"{i}.jpg", quality=95)
         Image.fromarray(mask).save(root / "masks" / f"{i}.png")

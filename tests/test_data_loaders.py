@@ -162,7 +162,7 @@ def test_multilabel_and_regression_from_csv(tmp_path):
 
 
 def test_segmentation_batches(tmp_path):
-    root = make_segmentation(tmp_path / "seg", count=6, codes=3)
+    root = make_segmentation(tmp_path / "seg", count=6, size=(160, 128), codes=3)
     dls = load_data(root, task="segment", size=32, batch_size=2, num_workers=0, valid_pct=0.34)
     assert dls.classes == ["background", "box", "corner"] and dls.num_outputs == 3
     images, masks = next(iter(dls.train))
@@ -171,7 +171,7 @@ def test_segmentation_batches(tmp_path):
     images, masks = next(iter(dls.valid))
     assert set(masks.unique().tolist()) == {0, 1, 2}  # no void pixels without augmentation
     box = masks == 1
-    assert images[:, 0][box].mean() > 0.9 and images[:, 0][~box].mean() < 0.3
+    assert images[:, 0][box].mean() > 0.8 and images[:, 0][~box].mean() < 0.3
     png = show_batch(dls, tmp_path / "masks.png")
     assert Image.open(png).size[0] > 100
 

@@ -63,7 +63,11 @@ class ImageDataset(Dataset):
                 return cached
         item = self.items[index]
         side = self.base_size
-        image = read_image(item.path, self.in_channels, draft_size=(side, side))
+        # Reduced-scale JPEG decoding only for augmented classification-style training: it changes
+        # pixels slightly (validation and prediction must match exactly) and the image size
+        # (a mask must match its image).
+        draft = self.augmentation is not None and self.task != "segment"
+        image = read_image(item.path, self.in_channels, draft_size=(side, side) if draft else None)
         mask = None
         if self.task == "segment":
             values = read_mask(item.target)

@@ -395,7 +395,7 @@ def load_images(
     check_resize_mode(resize)
     images = []
     for path in paths:
-        image = read_image(Path(path), in_channels, draft_size=(size, size))
+        image = read_image(Path(path), in_channels)
         images.append(resize_square(image, size, resize)[0])
     if not images:
         return torch.empty(0, in_channels, size, size)
