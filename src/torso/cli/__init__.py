@@ -12,7 +12,7 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary", "check", "train"]
+COMMANDS = ["summary", "check", "train", "embed", "similar"]
 
 
 class _Parser(argparse.ArgumentParser):
