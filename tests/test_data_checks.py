@@ -95,6 +95,7 @@ def test_segmentation_mask_problems(tmp_path):
     assert "mask value 7 not in the 3 codes" in reasons["2.png"]
     assert "mask missing" in reasons["3.jpg"]
     assert len(report.problems) == 3
+    assert report.modes == {"RGB": 4}  # images whose mask is bad are still counted
     summary = report.summary()
     assert "background" in summary and "box" in summary and "%" in summary
 

@@ -248,7 +248,7 @@ def inspect_items(
     first_train_copy: dict[bytes, Path] = {}
     for (item, split), result in zip(everything, results, strict=True):
         problems.extend(result.problems)
-        if result.mode is not None and not result.problems:
+        if result.mode is not None and result.size is not None:  # the image itself was readable
             modes[result.mode] += 1
             sizes.append(result.size)
         mask_pixels.update(result.mask_values)

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
@@ -67,7 +68,8 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(self.epoch))
+        state = np.random.SeedSequence([int(self.seed), int(self.epoch)]).generate_state(1)
+        generator = torch.Generator().manual_seed(int(state[0]))
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -264,6 +266,8 @@ def load_data(
     check_resize_mode(resize)
     if task == "segment" and not 0 <= ignore_index <= 255:
         raise TorsoError(f"ignore_index={ignore_index}: must be between 0 and 255")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TorsoError(f"seed={seed!r}: must be a whole number, 0 or more")
     if presize < 1.0:
         raise TorsoError(f"presize={presize}: must be at least 1 (a factor of size)")
     if num_workers is not None and num_workers < 0:
