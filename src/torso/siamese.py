@@ -57,8 +57,14 @@ class SiameseModel(nn.Sequential):
             return maps[: len(images_a)], maps[len(images_a) :]
         return self[0](images_a), self[0](images_b)
 
-    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, images_a: torch.Tensor, images_b: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Images `(N, C_in, H, W)` twice → logits `(N, num_outputs)`."""
+        if images_b is None:
+            raise TorsoError(
+                "a Siamese model compares two images: give a pair (torso predict RUN --pair A B)"
+            )
         if len(images_a) != len(images_b):
             raise TorsoError(
                 f"a Siamese model compares images in pairs: got {len(images_a)} first images "
