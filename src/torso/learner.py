@@ -661,8 +661,10 @@ class Learner:
             raise TorsoError("this model's config has no image size; pass a tensor instead")
         from torso.data import load_images
 
-        size = tuple(size) if isinstance(size, list) else size
-        return load_images(paths, size, int(self.config.get("in_channels", 3)))
+        if isinstance(size, list):
+            size = size[0]
+        channels = int(self.config.get("in_channels", 3))
+        return load_images(paths, size, channels, resize=self.config.get("resize", "squish"))
 
     # -- saving and resuming ---------------------------------------------------------------
     def save_model(self, folder: str | os.PathLike) -> Path:

@@ -12,7 +12,7 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary", "check", "train", "embed", "similar"]
+COMMANDS = ["summary", "check", "train", "predict", "lr_find", "demo", "embed", "similar"]
 
 
 class _Parser(argparse.ArgumentParser):

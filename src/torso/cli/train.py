@@ -201,9 +201,13 @@ def pretrained_choice(args: argparse.Namespace) -> bool | str:
     return bool(args.pretrained)
 
 
-def load_training_data(args: argparse.Namespace):
-    """`torso.data.load_data` with the command line's options."""
-    from torso.data import load_data
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail fast, before any data is read, on a missing data folder or an unknown backbone."""
+    import timm
+
+    from torso.bodies.create import unknown_backbone_message
+    from torso.bodies.torchvision_body import torchvision_names
+    from torso.errors import UnknownBackboneError
 
     if not Path(args.data).exists():
         raise TorsoError(f"data folder '{args.data}' does not exist")
@@ -211,6 +215,16 @@ def load_training_data(args: argparse.Namespace):
         raise TorsoError(f"data '{args.data}' is not a folder")
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
+    name = args.backbone
+    known = name in torchvision_names() if name.startswith("tv:") else timm.is_model(name)
+    if not known:
+        raise UnknownBackboneError(unknown_backbone_message(name))
+
+
+def load_training_data(args: argparse.Namespace):
+    """`torso.data.load_data` with the command line's options."""
+    from torso.data import load_data
+
     return load_data(
         args.data,
         task=args.task,
@@ -313,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.resume = data, str(out)
     else:
         out = Path(args.out) if args.out else default_run_folder(args.data)
+    check_inputs(args)
     if args.freeze_epochs < 0:
         raise TorsoError(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
     if args.weight_decay < 0:

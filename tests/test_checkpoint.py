@@ -1,0 +1,138 @@
+"""Checkpoints: safetensors + JSON, rebuilt by the task, never unpickled; damage is caught."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import torso
+from torso.api import load
+from torso.checkpoint import (
+    capture_rng,
+    load_model,
+    load_training_state,
+    make_config,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    restore_rng,
+    save_model,
+    save_training_state,
+)
+from torso.errors import TorsoError
+from torso.tasks import get_task
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    task = get_task("classify", label_smoothing=0.1)
+    config = make_config(task, "test_resnet", 3, classes=["a", "b", "c"], size=32)
+    model = task.build_model(config).eval()
+    save_model(model, config, tmp_path / "run")
+    return tmp_path / "run", model
+
+
+def test_round_trip_gives_the_same_outputs(saved):
+    folder, model = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "torso.json"]
+    loaded, config = load_model(folder)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert config["classes"] == ["a", "b", "c"] and config["task_options"]["label_smoothing"] == 0.1
+    assert config["torso_version"] == torso.__version__
+
+
+def test_torso_load_predicts_with_class_names(saved):
+    folder, _ = saved
+    learner = load(folder)
+    records = learner.predict(torch.rand(3, 3, 32, 32))
+    assert len(records) == 3 and {r["prediction"] for r in records} <= {"a", "b", "c"}
+
+
+def test_loading_never_unpickles(saved, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle used while loading a checkpoint")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_model(saved[0])
+
+
+def test_truncated_weights_give_a_clear_error(saved):
+    weights = saved[0] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(TorsoError, match="model.safetensors"):
+        load_model(saved[0])
+
+
+def test_altered_weights_give_a_clear_error(saved):
+    weights = saved[0] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte inside a tensor: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TorsoError, match="altered or truncated"):
+        load_model(saved[0])
+
+
+def test_altered_description_gives_a_clear_error(saved):
+    description = saved[0] / "torso.json"
+    config = json.loads(description.read_text())
+    config["num_outputs"] = 5
+    description.write_text(json.dumps(config))
+    with pytest.raises(TorsoError, match="do not fit"):
+        load_model(saved[0])
+    description.write_text(description.read_text()[:40])
+    with pytest.raises(TorsoError, match="not valid JSON"):
+        load_model(saved[0])
+
+
+def test_missing_folder_or_file(tmp_path, saved):
+    with pytest.raises(TorsoError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    (saved[0] / "model.safetensors").unlink()
+    with pytest.raises(TorsoError, match="no model.safetensors"):
+        load_model(saved[0])
+
+
+def test_training_state_round_trip_with_optimizer_and_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.99))
+    model(torch.rand(4, 3)).sum().backward()
+    optimizer.step()
+    tensors, info = optimizer_to_tensors(optimizer.state_dict())
+    rng_tensors, rng_info = capture_rng()
+    save_training_state(
+        tmp_path / "state.safetensors",
+        {**tensors, **rng_tensors},
+        {"optimizer": info, "rng": rng_info, "epoch": 3},
+    )
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    loaded, loaded_info = load_training_state(tmp_path)
+    assert loaded_info["epoch"] == 3
+    restore_rng(loaded, loaded_info["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    state = optimizer_from_tensors(loaded, loaded_info["optimizer"])
+    fresh = torch.optim.AdamW(model.parameters())
+    fresh.load_state_dict(state)
+    original = optimizer.state_dict()
+    for index, slots in original["state"].items():
+        for name, value in slots.items():
+            assert torch.equal(fresh.state_dict()["state"][index][name], value)
+    assert fresh.param_groups[0]["betas"] == (0.9, 0.99)
+
+
+def test_damaged_training_state_is_refused(tmp_path):
+    save_training_state(tmp_path / "state.safetensors", {"x": torch.zeros(100)}, {"epoch": 1})
+    path = tmp_path / "state.safetensors"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(TorsoError, match="damaged or truncated"):
+        load_training_state(path)
+    with pytest.raises(TorsoError, match="does not exist"):
+        load_training_state(tmp_path / "other.safetensors")
