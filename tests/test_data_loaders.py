@@ -159,6 +159,7 @@ def test_multilabel_and_regression_from_csv(tmp_path):
     assert targets.shape == (2, 2) and targets.dtype == torch.float32
     expected = [[int(p.stem) * 10, int(p.stem) * 1.5] for p in dls.valid_items[:2]]
     assert targets.tolist() == expected
+    assert Image.open(show_batch(dls, tmp_path / "regress.png", split="valid")).size[0] > 100
 
 
 def test_segmentation_batches(tmp_path):
