@@ -67,11 +67,22 @@ def test_resnet50_design_is_339m_and_decoder_width_caps_it():
         uncapped = DynamicUnet(body, 3)
         capped = DynamicUnet(body, 3, decoder_width=256)
     assert count_parameters(uncapped) == 339_070_292
-    assert count_parameters(capped.decoder) < 14_000_000
+    assert count_parameters(capped.decoder) == 7_449_124
+    # The cap halves at each level nearer the image: smp's Unet widths.
+    assert capped.decoder.middle[1][0].out_channels == 256
+    assert [block.convs[1][0].out_channels for block in capped.decoder.blocks] == [128, 64, 32, 16]
     widths = [m.out_channels for m in capped.decoder.modules() if isinstance(m, nn.Conv2d)]
     # Sub-pixel convolutions make 4 × their output channels before PixelShuffle.
     assert max(widths) <= 4 * 256
-    assert capped.decoder.middle[0][0].out_channels == 256
+
+
+def test_decoder_width_never_narrows_below_16_or_widens():
+    body = create_body("test_resnet")  # channels 32, 32, 48, 192, 96
+    decoder = DynamicUnet(body, 2, decoder_width=64).decoder
+    assert decoder.middle[0][0].out_channels == 64 and decoder.middle[1][0].out_channels == 64
+    assert [block.convs[1][0].out_channels for block in decoder.blocks] == [32, 16, 16, 16]
+    narrow = DynamicUnet(body, 2, decoder_width=8).decoder
+    assert [block.convs[1][0].out_channels for block in narrow.blocks] == [8, 8, 8, 8]
 
 
 def test_the_decoder_is_planned_from_the_body_metadata(resnet34_body):
@@ -176,7 +187,7 @@ def test_torch_export_gives_the_same_output(tiny_body):
     assert torch.allclose(exported.module()(images), model(images), atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
 def test_onnx_export_matches_pytorch_in_onnxruntime(tiny_body):
     onnxruntime = pytest.importorskip("onnxruntime")
     model = DynamicUnet(tiny_body, 3).eval()

@@ -40,6 +40,8 @@ from torso.segmentation.layers import (
 )
 
 UPSAMPLE_KINDS = ("pixelshuffle", "transpose")
+#: Narrowest level width a `decoder_width` cap halves down to.
+MIN_CAPPED_WIDTH = 16
 
 
 class UnetBlock(nn.Module):
@@ -122,12 +124,15 @@ class UnetDecoder(nn.Module):
     ) -> None:
         super().__init__()
 
-        def capped(width: int) -> int:
-            return width if decoder_width is None else min(width, decoder_width)
+        def capped(width: int, level: int) -> int:
+            # Level 0 is the middle block, each upsampling block one level nearer the image.
+            if decoder_width is None:
+                return width
+            return min(width, max(decoder_width >> level, min(MIN_CAPPED_WIDTH, decoder_width)))
 
         deepest = channels[-1]
-        middle_width = capped(2 * deepest)
-        width = capped(deepest)
+        middle_width = capped(2 * deepest, 0)
+        width = capped(deepest, 0)
         self.norm = batch_norm(deepest)
         self.middle = nn.Sequential(
             conv_layer(deepest, middle_width), conv_layer(middle_width, width)
@@ -141,7 +146,7 @@ class UnetDecoder(nn.Module):
         for position, index in enumerate(self.skip_indices):
             final = position == count - 1
             merged = width // 2 + channels[index]
-            out_width = capped(merged // 2 if final else merged)
+            out_width = capped(merged // 2 if final else merged, position + 1)
             blocks.append(
                 UnetBlock(
                     width,
@@ -208,9 +213,14 @@ class DynamicUnet(nn.Sequential):
         y_range: `(low, high)` squashes the output with a sigmoid into that range.
         last_cross: concatenate the input image at full resolution and run a residual block.
         bottle: halve the channels in that residual block.
-        decoder_width: cap on every decoder width. fastai's design doubles the body's last width in
-            the middle block (2048 → 4096 → 2048 on a resnet50: 339M parameters); a cap such as
-            256 gives a decoder of a few million. None keeps fastai's widths exactly.
+        decoder_width: cap on the decoder's widths, halved at each level nearer the image. The
+            middle block is at most `decoder_width` wide, the first upsampling block at most half
+            of it, the next a quarter, and so on down to 16 (256 → 256, 128, 64, 32, 16: the
+            widths of smp's Unet decoder). fastai's design doubles the body's last width in the
+            middle block (2048 → 4096 → 2048 on a resnet50: 339M parameters) and keeps ~100
+            channels at full resolution, where most of its computation goes; capped at 256, a
+            resnet50 decoder has a few million parameters and a fraction of the work.
+            None keeps fastai's widths exactly.
 
     With `torso.create_body("tv:resnet34")` and 3 classes the model has 41,221,268 parameters,
     as fastai's `DynamicUnet` on the same body.
