@@ -105,7 +105,9 @@ def test_identical_files_in_train_and_valid_are_leakage(tmp_path):
     make_class_folders(root / "train", {"a": 3, "b": 3})
     make_class_folders(root / "valid", {"a": 1, "b": 1}, start_seed=100)
     shutil.copy(root / "train" / "a" / "0.png", root / "valid" / "b" / "copy.png")
-    report = check_data(root)
+    calls = []
+    report = check_data(root, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (10, 10) and len(calls) == 10
     assert len(report.problems) == 1
     problem = report.problems[0]
     assert problem.file.name == "copy.png" and "leakage" in problem.reason

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from torso.errors import TorsoError
@@ -71,6 +73,39 @@ def _codes(value: str | None, data: Path):
     return names
 
 
+@contextlib.contextmanager
+def _progress_bar():
+    """A `progress(done, total)` callback drawing a bar on a terminal's stderr, else None."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reading files", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _report_text(report, as_json: bool) -> str:
+    if not as_json:
+        return str(report)
+    document = {
+        "root": str(report.root),
+        "task": report.task,
+        "classes": report.classes,
+        "counts": {split: dict(counter) for split, counter in report.counts.items()},
+        "modes": dict(report.modes),
+        "mask_pixels": {str(k): v for k, v in sorted(report.mask_pixels.items())},
+        "problems": [{"file": str(p.file), "reason": p.reason} for p in report.problems],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from torso.data import check_data
 
@@ -85,29 +120,19 @@ def run(args: argparse.Namespace) -> int:
     if task == "auto":
         task = "classify" if data.is_file() else detect_task(data)
     root = data.parent if data.is_file() else data
-    report = check_data(
-        data,
-        task=task,
-        csv=args.csv,
-        label_delimiter=args.label_delimiter,
-        codes=_codes(args.codes, root),
-        ignore_index=args.ignore_index,
-        valid_pct=args.valid_pct,
-        seed=args.seed,
-        min_image_size=args.min_image_size,
-        num_workers=args.workers,
-    )
-    if args.json:
-        document = {
-            "root": str(report.root),
-            "task": report.task,
-            "classes": report.classes,
-            "counts": {split: dict(counter) for split, counter in report.counts.items()},
-            "modes": dict(report.modes),
-            "mask_pixels": {str(k): v for k, v in sorted(report.mask_pixels.items())},
-            "problems": [{"file": str(p.file), "reason": p.reason} for p in report.problems],
-        }
-        print(json.dumps(document, indent=2, ensure_ascii=False))
-    else:
-        print(report)
+    with _progress_bar() as progress:
+        report = check_data(
+            data,
+            task=task,
+            csv=args.csv,
+            label_delimiter=args.label_delimiter,
+            codes=_codes(args.codes, root),
+            ignore_index=args.ignore_index,
+            valid_pct=args.valid_pct,
+            seed=args.seed,
+            min_image_size=args.min_image_size,
+            num_workers=args.workers,
+            progress=progress,
+        )
+    print(_report_text(report, args.json))
     return 0 if report.ok else 1

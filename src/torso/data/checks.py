@@ -11,6 +11,7 @@ import os
 import statistics
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,8 +225,12 @@ def inspect_items(
     min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
     ignore_index: int = 255,
     num_workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DataReport:
-    """Read every image (and mask) of `train` and `valid` and build the report."""
+    """Read every image (and mask) of `train` and `valid` and build the report.
+
+    `progress(done, total)`, if given, is called as files are read.
+    """
     codes = source.classes if source.task == "segment" and source.codes_given else None
 
     def inspect(item: Item) -> _FileResult:
@@ -236,8 +241,12 @@ def inspect_items(
 
     workers = num_workers if num_workers else default_workers()
     everything = [(item, "train") for item in train] + [(item, "valid") for item in valid]
+    results = []
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
-        results = list(pool.map(inspect, [item for item, _ in everything]))
+        for result in pool.map(inspect, [item for item, _ in everything]):
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(everything))
     problems = list(source.problems)
     counts: dict[str, Counter] = {"train": Counter()}
     if valid:
@@ -295,6 +304,7 @@ def check_data(
     seed: int = 0,
     min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
     num_workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DataReport:
     """Scan the data under `path` as `load_data` would read it and report every problem.
 
@@ -302,8 +312,9 @@ def check_data(
     non-image files, images smaller than `min_image_size`, missing masks, masks whose size differs
     from their image or whose values are not in the codes, empty class folders, and validation
     files identical to a training file. The split is the one `load_data` makes with the same
-    `valid_pct` and `seed`. Raises `TorsoError` only when the data cannot be read at all.
+    `valid_pct` and `seed`. `progress(done, total)` is called as files are read. Raises
+    `TorsoError` only when the data cannot be read at all.
     """
     source = find_source(path, task=task, csv=csv, label_delimiter=label_delimiter, codes=codes)
     train, valid = split_items(source.items, valid_pct=valid_pct, seed=seed)
-    return inspect_items(source, train, valid, min_image_size, ignore_index, num_workers)
+    return inspect_items(source, train, valid, min_image_size, ignore_index, num_workers, progress)

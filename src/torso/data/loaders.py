@@ -241,6 +241,7 @@ def load_data(
     train_sampler: SamplerFactory | None = None,
     valid_sampler: SamplerFactory | None = None,
     pin_memory: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DataLoaders:
     """Read the data under `path` for `task` and return seeded training and validation loaders.
 
@@ -256,7 +257,8 @@ def load_data(
     `DataCheckError` listing the problems, or with `skip_bad` leaves those files out and lists
     them in `dls.skipped`. `train_sampler` / `valid_sampler` are factories called with the
     dataset, e.g. for a `DistributedSampler`; the default training order is shuffled by
-    (seed, epoch). `num_workers` defaults to the usable cores (at most 8, at most the number of
+    (seed, epoch). `progress(done, total)` is called while the check reads the files.
+    `num_workers` defaults to the usable cores (at most 8, at most the number of
     training batches).
     """
     size = _positive_int("size", size)
@@ -286,7 +288,9 @@ def load_data(
     report = None
     skipped: list[Problem] = []
     if check:
-        report = inspect_items(source, train, valid, min_image_size, ignore_index, num_workers)
+        report = inspect_items(
+            source, train, valid, min_image_size, ignore_index, num_workers, progress
+        )
         if report.problems and not skip_bad:
             raise DataCheckError(report)
         skipped = list(report.problems)
