@@ -107,7 +107,7 @@ def test_identical_files_in_train_and_valid_are_leakage(tmp_path):
     shutil.copy(root / "train" / "a" / "0.png", root / "valid" / "b" / "copy.png")
     calls = []
     report = check_data(root, progress=lambda done, total: calls.append((done, total)))
-    assert calls[-1] == (10, 10) and len(calls) == 10
+    assert calls[-1] == (9, 9) and len(calls) == 9  # 6 training and 3 validation images
     assert len(report.problems) == 1
     problem = report.problems[0]
     assert problem.file.name == "copy.png" and "leakage" in problem.reason
