@@ -464,6 +464,7 @@ def embed_files(
     `root`, default the files' common folder) are stored in that order. A file that cannot be
     read raises `BadImageError` naming it, unless `skip_bad`, which leaves it out and lists it
     in the result. `on_batch(n)` is called after each batch with the number of files it held.
+    The embedder is moved to `device` (default CUDA when available; channels-last there).
     The output appears only when complete (written under a temporary name, then renamed).
     """
     out = Path(out)
