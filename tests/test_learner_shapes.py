@@ -72,7 +72,7 @@ def colour_blobs(count: int, size: int = 32, seed: int = 0) -> tuple[torch.Tenso
 
 
 def squares(count: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of one grey square and targets float32 (count, 1): its side / image size."""
+    """Images of one light grey square and targets float32 (count, 1): its side / image size."""
     rng = np.random.default_rng(seed)
     sides = rng.uniform(0.2, 0.8, count)
     images = np.empty((count, 3, size, size), np.float32)
@@ -80,7 +80,7 @@ def squares(count: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, to
         image = _background(size, rng)
         width = max(1, int(round(side * size)))
         x, y = rng.integers(0, size - width + 1, 2)
-        image[:, y : y + width, x : x + width] = rng.uniform(0.6, 1.0)
+        image[:, y : y + width, x : x + width] = 0.9
         images[index] = image.clip(0, 1)
         sides[index] = width / size
     return torch.from_numpy(images), torch.from_numpy(sides.astype(np.float32)[:, None])
