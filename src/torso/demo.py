@@ -1,0 +1,117 @@
+"""The embedded demo data: real images that ship inside torso, written out as ordinary folders.
+
+- Fashion-MNIST (MIT, Zalando SE): a class-balanced subset, 3,000 training and 1,000
+  validation 28×28 grey images of 10 kinds of clothing (`assets/fashion_mnist.npz`).
+- Nuclei (BSD-3, from the 2018 Data Science Bowl via stardist): one 512×512 fluorescence image
+  with its nucleus mask (`assets/nuclei.npz`), cut into tiles; the bottom quarter of the image is
+  held out for validation, so no validation pixel is ever seen in training.
+
+The folders use the layouts `torso train` reads, so the demo runs the same code a user's data
+does: `train/<class>/*.png` + `valid/<class>/*.png`, and `images/` + `masks/` + `codes.txt`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FASHION_CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
+NUCLEI_CODES = ["background", "nucleus"]
+TILE = 128
+TRAIN_STRIDE = 32
+HELD_OUT_ROWS = 128  # the bottom rows of the nuclei image: validation only
+
+
+def _asset(name: str) -> np.lib.npyio.NpzFile:
+    with resources.as_file(resources.files("torso") / "assets" / name) as path:
+        return np.load(path, allow_pickle=False)
+
+
+def _done(folder: Path, expected: int) -> bool:
+    marker = folder / ".complete"
+    return marker.exists() and marker.read_text().strip() == str(expected)
+
+
+def write_fashion_mnist(folder: str | Path) -> Path:
+    """Write the Fashion-MNIST subset as PNGs under `folder` (train/ and valid/ class folders).
+
+    Reuses the folder when a previous call completed it. Returns `folder`.
+    """
+    folder = Path(folder)
+    data = _asset("fashion_mnist.npz")
+    total = len(data["train_labels"]) + len(data["valid_labels"])
+    if _done(folder, total):
+        return folder
+    for split in ("train", "valid"):
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        for name in FASHION_CLASSES:
+            (folder / split / name).mkdir(parents=True, exist_ok=True)
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            path = folder / split / FASHION_CLASSES[int(label)] / f"{split}-{index:05d}.png"
+            Image.fromarray(image, mode="L").save(path)
+    (folder / ".complete").write_text(str(total))
+    return folder
+
+
+def tile_origins(height: int, width: int) -> dict[str, list[tuple[int, int]]]:
+    """Top-left corners of the tiles: overlapping ones (stride 32) above the held-out band for
+    training, non-overlapping ones inside it for validation."""
+    top = height - HELD_OUT_ROWS
+    return {
+        "train": [
+            (y, x)
+            for y in range(0, top - TILE + 1, TRAIN_STRIDE)
+            for x in range(0, width - TILE + 1, TRAIN_STRIDE)
+        ],
+        "valid": [
+            (y, x) for y in range(top, height - TILE + 1, TILE) for x in range(0, width, TILE)
+        ],
+    }
+
+
+def nuclei_tiles() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(image, mask) tiles of the nuclei image for "train" and "valid" (see `tile_origins`)."""
+    data = _asset("nuclei.npz")
+    image, mask = data["image"], data["mask"]
+    return {
+        split: [
+            (image[y : y + TILE, x : x + TILE], mask[y : y + TILE, x : x + TILE])
+            for y, x in origins
+        ]
+        for split, origins in tile_origins(*image.shape).items()
+    }
+
+
+def write_nuclei(folder: str | Path) -> Path:
+    """Write nuclei tiles as `train/` and `valid/` folders of `images/` + `masks/` + `codes.txt`.
+
+    Mask pixels are 0 (background) or 1 (nucleus). Returns `folder`.
+    """
+    folder = Path(folder)
+    tiles = nuclei_tiles()
+    total = sum(len(v) for v in tiles.values())
+    if _done(folder, total):
+        return folder
+    for split, pairs in tiles.items():
+        (folder / split / "images").mkdir(parents=True, exist_ok=True)
+        (folder / split / "masks").mkdir(parents=True, exist_ok=True)
+        for index, (image, mask) in enumerate(pairs):
+            Image.fromarray(image, mode="L").save(folder / split / "images" / f"{index:04d}.png")
+            Image.fromarray(mask, mode="L").save(folder / split / "masks" / f"{index:04d}.png")
+    (folder / "codes.txt").write_text("\n".join(NUCLEI_CODES) + "\n")
+    (folder / ".complete").write_text(str(total))
+    return folder
