@@ -3,28 +3,57 @@
 >>> import torso
 >>> model = torso.create_model("resnet34", num_outputs=37)   # nn.Sequential(body, head)
 >>> body = model[0]; body.channels, body.reductions, body.stats
+>>> model, config = torso.load("runs/pets")                  # a trained run, without pickle
+
+The names below are imported on first use, so `import torso.data` or `torso check` do not pay
+for loading timm.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from torso.bodies import Body, create_body  # noqa: E402
-from torso.heads import create_head  # noqa: E402
-from torso.models import (  # noqa: E402
-    create_model,
-    freeze,
-    freeze_to,
-    param_groups,
-    unfreeze,
-)
+# public name -> module that defines it
+_EXPORTS = {
+    "Body": "torso.bodies",
+    "create_body": "torso.bodies",
+    "create_head": "torso.heads",
+    "create_model": "torso.models",
+    "freeze": "torso.models",
+    "freeze_to": "torso.models",
+    "param_groups": "torso.models",
+    "unfreeze": "torso.models",
+    "Learner": "torso.learner",
+    "load_data": "torso.data",
+}
 
-__all__ = [
-    "Body",
-    "__version__",
-    "create_body",
-    "create_head",
-    "create_model",
-    "freeze",
-    "freeze_to",
-    "param_groups",
-    "unfreeze",
-]
+__all__ = ["__version__", "load", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.bodies import Body, create_body  # noqa: F401
+    from torso.data import load_data  # noqa: F401
+    from torso.heads import create_head  # noqa: F401
+    from torso.learner import Learner  # noqa: F401
+    from torso.models import create_model, freeze, freeze_to, param_groups, unfreeze  # noqa: F401
+
+
+def load(path: Any):
+    """Rebuild a trained model from a run folder (or its `torso.json` / `model.safetensors`).
+
+    Returns `(model, config)`: the `nn.Module` with its weights, in eval mode, and the config
+    dict saved with it (task, backbone, classes, size, stats, ...). Never unpickles.
+    """
+    from torso.checkpoint import load_model
+
+    return load_model(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'torso' has no attribute {name!r}")

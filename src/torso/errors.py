@@ -4,8 +4,11 @@
 class TorsoError(Exception):
     """A problem with what the user gave torso: a file, an argument, a backbone name.
 
-    The message names the offending thing and says what is wrong; the CLI prints it on one line.
+    The message names the offending thing and says what is wrong; the CLI prints it and exits
+    with `exit_code` (2: a bad argument or file; 1: problems found in the data).
     """
+
+    exit_code = 2
 
 
 class UnknownBackboneError(TorsoError, ValueError):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except TorsoError as error:
         print(f"torso: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("torso: interrupted", file=sys.stderr)
         return 130

@@ -43,6 +43,8 @@ _SHOWN_PROBLEMS = 20
 class DataCheckError(TorsoError):
     """The data has problems (listed in `report`); `skip_bad=True` skips those files instead."""
 
+    exit_code = 1  # as `torso check` when it finds problems
+
     def __init__(self, report: DataReport) -> None:
         self.report = report
         shown = [f"  {problem}" for problem in report.problems[:_SHOWN_PROBLEMS]]
