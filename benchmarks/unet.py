@@ -211,7 +211,11 @@ def main() -> None:
     results = [Result(name, count(runner.model), *best[name]) for name, runner in runners.items()]
     del runners
     if not args.no_fastai_fit:
-        fitted = fastai_learner_fit(args, device)
+        try:
+            fitted = fastai_learner_fit(args, device)
+        except Exception as error:  # a benchmark row, not torso: report and go on
+            print(f"fastai unet_learner.fit failed: {type(error).__name__}: {error}")
+            fitted = None
         if fitted is not None:
             results.append(fitted)
             print(f"{fitted.name}: {fitted.train_images_per_second:.2f} img/s training")

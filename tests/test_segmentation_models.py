@@ -95,6 +95,14 @@ def test_the_decoder_is_planned_from_the_body_metadata(resnet34_body):
     assert len(model.decoder.extra_upsample) == 1
 
 
+def test_extra_upsampling_after_the_first_step_halves_the_channels():
+    vit = DynamicUnet(create_body("test_vit"), 2).decoder  # 64 channels at ÷16
+    assert len(vit.blocks) == 0
+    widths = [step.conv.out_channels // 4 for step in vit.extra_upsample]
+    assert widths == [64, 32, 16, 16]
+    assert vit.cross_block.convs[0][0].in_channels == 16 + 3
+
+
 # One square and one non-square size per body; 48 and 80 are not multiples of 32, so odd maps are
 # matched by resizing. Real timm/torchvision architectures keep decoder_width small for speed.
 @pytest.mark.parametrize(

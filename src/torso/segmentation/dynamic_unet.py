@@ -14,7 +14,8 @@ the decoder is planned from the body's metadata (`channels`, `reductions`), not 
               block: ×2 up, cat BatchNorm(f3), 2 convs
               block: ×2 up, cat BatchNorm(f2), 2 convs
               block: ×2 up, cat BatchNorm(f1), 2 convs (halves the channels)
-              ×2 up per remaining halving (one for ÷2, two for ÷4, four for ÷16)
+              ×2 up per remaining halving (one for ÷2, two for ÷4, four for ÷16;
+                  the second and later halve the channels)
               resize to the image's size, cat the image, residual block
               1×1 conv to the classes (→ sigmoid range)
 """
@@ -164,11 +165,15 @@ class UnetDecoder(nn.Module):
         )
 
         # The shallowest map the decoder reached is still smaller than the image when the body's
-        # first stage already downsamples: ×2 steps until it is at (about) full resolution.
-        extra_steps = max(0, round(math.log2(min(reductions))))
-        self.extra_upsample = nn.Sequential(
-            *(upsample_layer(upsample, width) for _ in range(extra_steps))
-        )
+        # first stage already downsamples: ×2 steps until it is at (about) full resolution. The
+        # first keeps the width (fastai's one extra step); later ones, which only bodies starting
+        # at ÷4 or coarser need, halve it so full resolution is not computed at ViT widths.
+        extra_upsample = []
+        for step in range(max(0, round(math.log2(min(reductions))))):
+            out_width = width if step == 0 else max(width // 2, min(MIN_CAPPED_WIDTH, width))
+            extra_upsample.append(upsample_layer(upsample, width, out_width))
+            width = out_width
+        self.extra_upsample = nn.Sequential(*extra_upsample)
         self.last_cross = last_cross
         if last_cross:
             crossed = width + in_channels
