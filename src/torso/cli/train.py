@@ -112,6 +112,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LOW", "HIGH"),
         help="regress: keep outputs in [LOW, HIGH]",
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument(
         "--mixed-precision",
@@ -176,7 +177,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="RUN",
         help="continue the killed run in RUN (or in --out) from its last finished epoch",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
 
