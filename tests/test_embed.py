@@ -233,6 +233,10 @@ def test_bad_arguments_are_clear(images, tmp_path, capsys):
     assert "nowhere' does not exist" in capsys.readouterr().err
     assert embed_cli("no_such_net", str(images), "--out", str(tmp_path / "x.npy")) == 2
     assert "unknown backbone" in capsys.readouterr().err
+    index = tmp_path / "index.npy"
+    assert embed_cli("test_resnet", str(images / "0.png"), "--out", str(index)) == 0
+    assert main(["similar", str(index), str(images / "0.png"), "--pretrained"]) == 2
+    assert "give --model" in capsys.readouterr().err
     lonely = tmp_path / "lonely.npy"
     np.save(lonely, np.zeros((2, 4), dtype=np.float32))
     assert main(["similar", str(lonely), str(images / "0.png")]) == 2

@@ -50,6 +50,8 @@ def query_embedder(args: argparse.Namespace, index):
     from torso.embed import check_same_model, load_embedder
 
     made = index.identity
+    if args.model is None and (args.weights or args.pretrained):
+        raise TorsoError("--weights and --pretrained choose the weights of --model; give --model")
     shape = {
         "size": made.size,
         "resize": made.resize,
