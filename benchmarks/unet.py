@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from torso.bodies import create_body
 from torso.segmentation import DynamicUnet
@@ -31,6 +32,7 @@ from torso.segmentation import DynamicUnet
 class Result:
     name: str
     parameters: int
+    gigaflops: float | None
     train_images_per_second: float
     inference_images_per_second: float | None
 
@@ -82,6 +84,14 @@ def images_per_second(step: Callable[[], object], args: argparse.Namespace, devi
 
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def forward_gigaflops(model: nn.Module, size: int, device: torch.device) -> float:
+    """Floating-point operations of one image's forward pass, in billions (load-independent)."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, size, size, device=device))
+    return counter.get_total_flops() / 1e9
 
 
 def candidates(args: argparse.Namespace) -> list[tuple[str, Callable[[], nn.Module]]]:
@@ -178,7 +188,7 @@ def fastai_learner_fit(args: argparse.Namespace, device: torch.device) -> Result
     with learner.no_bar(), learner.no_logging():
         learner.fit(1)
     speed = timer.batches * args.batch / timer.elapsed
-    return Result("fastai unet_learner.fit(1)", count(learner.model), speed, None)
+    return Result("fastai unet_learner.fit(1)", count(learner.model), None, speed, None)
 
 
 def main() -> None:
@@ -208,7 +218,15 @@ def main() -> None:
                 f"{inference:.2f} img/s inference"
             )
             best[name] = (max(best[name][0], train), max(best[name][1], inference))
-    results = [Result(name, count(runner.model), *best[name]) for name, runner in runners.items()]
+    results = [
+        Result(
+            name,
+            count(runner.model),
+            forward_gigaflops(runner.model, args.size, device),
+            *best[name],
+        )
+        for name, runner in runners.items()
+    ]
     del runners
     if not args.no_fastai_fit:
         try:
@@ -230,7 +248,7 @@ def main() -> None:
         title=f"U-Net, resnet18 encoder, {args.size} px, {args.classes} classes, "
         f"batch {args.batch}, {args.steps} timed steps ({where})"
     )
-    for column in ("model", "parameters", "train img/s", "inference img/s"):
+    for column in ("model", "parameters", "GFLOPs/img", "train img/s", "inference img/s"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for label in references:
         table.add_column(f"train × {label}", justify="right")
@@ -243,6 +261,7 @@ def main() -> None:
         table.add_row(
             result.name,
             f"{result.parameters:,}",
+            f"{result.gigaflops:.2f}" if result.gigaflops is not None else "-",
             f"{result.train_images_per_second:.2f}",
             f"{inference:.2f}" if inference is not None else "-",
             *ratios,
