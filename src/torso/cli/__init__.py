@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except TorsoError as error:
         print(f"torso: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `torso similar ... | head`): not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("torso: interrupted", file=sys.stderr)
         return 130
