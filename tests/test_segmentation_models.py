@@ -188,11 +188,17 @@ def test_nothing_is_hooked_or_kept_between_calls(tiny_body):
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_torch_export_gives_the_same_output(tiny_body):
+def test_torch_export_gives_the_same_output_at_other_sizes(tiny_body):
     model = DynamicUnet(tiny_body, 3).eval()
-    images = torch.rand(2, 3, 64, 96)
-    exported = torch.export.export(model, (images,))
-    assert torch.allclose(exported.module()(images), model(images), atol=1e-6)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    height, width = torch.export.Dim("height", min=1, max=16), torch.export.Dim("width", max=16)
+    exported = torch.export.export(
+        model,
+        (torch.rand(2, 3, 64, 96),),
+        dynamic_shapes={"images": {0: batch, 2: 32 * height, 3: 32 * width}},
+    )
+    images = torch.rand(3, 3, 128, 160)
+    assert torch.allclose(exported.module()(images), model(images), atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")

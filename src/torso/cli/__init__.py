@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from torso.errors import TorsoError
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torso: error: {error}", file=sys.stderr)
         return error.exit_code
     except BrokenPipeError:
-        # The reader went away (e.g. `torso similar ... | head`): not an error of ours.
-        sys.stderr.close()
+        # The reader went away (e.g. `torso similar ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("torso: interrupted", file=sys.stderr)

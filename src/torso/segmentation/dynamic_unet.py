@@ -76,7 +76,10 @@ class UnetBlock(nn.Module):
         up = self.upsample(x)
         if up.shape[-2:] != skip.shape[-2:]:
             up = F.interpolate(up, size=skip.shape[-2:], mode="nearest")
-        return self.convs(F.relu(torch.cat([up, self.skip_norm(skip)], dim=1)))
+        # fastai applies ReLU to the whole concatenation; the upsampled half already went
+        # through a ReLU (and nearest resizing or blurring keeps it non-negative), so only the
+        # skip half needs one: the same numbers for less work.
+        return self.convs(torch.cat([up, F.relu(self.skip_norm(skip))], dim=1))
 
 
 def skip_stages(reductions: Sequence[int]) -> list[int]:
