@@ -10,8 +10,16 @@ import torch
 from test_learner_shapes import colour_blobs, loaders, shapes, squares
 
 from torso.api import load
-from torso.callbacks import CSVLog, EarlyStopping, Progress, SaveBest
+from torso.callbacks import (
+    CSVLog,
+    EarlyStopping,
+    Progress,
+    SaveBest,
+    TensorBoard,
+    tensorboard_available,
+)
 from torso.checkpoint import make_config
+from torso.errors import TorsoError
 from torso.learner import Learner, set_seed
 from torso.lr_find import valley
 from torso.tasks import get_task
@@ -137,3 +145,17 @@ def test_callbacks_log_stop_early_and_save_the_best(tmp_path):
     best = load(tmp_path / "run" / "best")
     assert best.config["backbone"] == "test_resnet"
     assert (tmp_path / "run" / "state.safetensors").exists()
+
+
+def test_rich_progress_and_missing_tensorboard():
+    stream = io.StringIO()
+    learner = make_learner(
+        get_task("classify"), shapes, 32, 16, 3, callbacks=[Progress(stream, rich_display=True)]
+    )
+    learner.fit(1, 1e-3)
+    assert "epoch 1/1" in stream.getvalue() and "accuracy" in stream.getvalue()
+    if not tensorboard_available():
+        with pytest.raises(TorsoError, match="pip install tensorboard"):
+            TensorBoard()
+    else:
+        assert TensorBoard() is not None

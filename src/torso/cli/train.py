@@ -322,9 +322,11 @@ def run(args: argparse.Namespace) -> int:
             stored = json.loads(saved.read_text())
         except json.JSONDecodeError:
             raise TorsoError(f"cannot resume: '{saved}' is damaged") from None
-        data = args.data
-        args = argparse.Namespace(**{**vars(args), **stored})
-        args.data, args.resume = data, str(out)
+        # The run's settings come from the run; where the data lies and how to show progress
+        # come from this command.
+        current = {key: getattr(args, key) for key in ("data", "quiet", "device", "workers")}
+        args = argparse.Namespace(**{**vars(args), **stored, **current})
+        args.resume = str(out)
     else:
         out = Path(args.out) if args.out else default_run_folder(args.data)
     check_inputs(args)
