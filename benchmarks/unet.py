@@ -135,6 +135,37 @@ def candidates(args: argparse.Namespace) -> list[tuple[str, Callable[[], nn.Modu
     return found
 
 
+def fastai_parity(args: argparse.Namespace) -> float | None:
+    """Largest output difference between fastai's DynamicUnet and torso's holding its weights.
+
+    The weights are copied in order (both state dicts list the same tensors in the same order);
+    torso's body gets identity stats because fastai normalises in the data pipeline instead.
+    """
+    try:
+        from fastai.vision.all import create_unet_model, resnet18
+    except ImportError:
+        return None
+    fastai_model = create_unet_model(
+        resnet18, args.classes, (args.size, args.size), pretrained=False, self_attention=True
+    )
+    identity = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    torso_model = DynamicUnet(
+        create_body("tv:resnet18", stats=identity), args.classes, self_attention=True
+    )
+    state = fastai_model.state_dict()
+    for name in state:
+        if name.endswith("gamma"):  # self-attention starts switched off; switch it on
+            state[name] = torch.full_like(state[name], 0.5)
+    fastai_model.load_state_dict(state)
+    torso_names = list(torso_model.state_dict())
+    torso_model.load_state_dict(dict(zip(torso_names, state.values(), strict=True)))
+    fastai_model.eval()
+    torso_model.eval()
+    images = torch.rand(2, 3, args.size, args.size + 32)
+    with torch.no_grad():
+        return (fastai_model(images) - torso_model(images)).abs().max().item()
+
+
 def fastai_learner_fit(args: argparse.Namespace, device: torch.device) -> Result | None:
     """fastai's own loop: `unet_learner(...).fit(1)` on random data, training phase timed."""
     try:
@@ -206,6 +237,12 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
 
+    difference = fastai_parity(args)
+    if difference is not None:
+        print(
+            "torso's DynamicUnet with fastai's weights (self-attention on) vs fastai's: "
+            f"largest output difference {difference:.3g}"
+        )
     runners = {name: Runner(build(), args, device) for name, build in candidates(args)}
     best: dict[str, tuple[float, float]] = {name: (0.0, 0.0) for name in runners}
     # Rounds interleave the models, and the best round counts, so that a burst of load from
