@@ -486,11 +486,6 @@ class Learner:
             x, y = self._to_device(x), self._to_device(y)
             outputs = self._call_model(x)
             loss = self.task.loss(outputs, y)
-            if not torch.isfinite(loss):
-                raise TorsoError(
-                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, batch "
-                    f"{self.batch_index + 1}: the learning rate is probably too high"
-                )
             scaled = loss / self.accumulate
             if self._scaler is not None:
                 self._scaler.scale(scaled).backward()
@@ -506,13 +501,21 @@ class Learner:
                 self.optimizer.zero_grad(set_to_none=True)
                 step += 1
             size = _batch_size(y)
-            value = loss.item()
-            loss_sum += value * size
+            # Summed on the device: reading the loss (`.item()`) every batch would make the CPU
+            # wait for the GPU each time.
+            loss = loss.detach()
+            loss_sum = loss_sum + loss.float() * size
             count += size
             for callback in self.callbacks:
-                callback.on_batch_end(self, value)
+                callback.on_batch_end(self, loss)
         self.batch_index = self.num_batches
-        row: dict[str, float] = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(count, 1)}
+        train_loss = float(loss_sum) / max(count, 1)
+        if not math.isfinite(train_loss):
+            raise TorsoError(
+                f"the training loss became {train_loss} in epoch {self.epoch + 1}: "
+                "the learning rate is probably too high"
+            )
+        row: dict[str, float] = {"epoch": self.epoch + 1, "train_loss": train_loss}
         if self.valid_loader is not None:
             row.update(self.validate())
         row["lr"] = self.learning_rates()[-1]
@@ -545,7 +548,7 @@ class Learner:
             x, y = self._to_device(x), self._to_device(y)
             outputs = self._call_model(x)
             size = _batch_size(y)
-            loss_sum += self.task.loss(outputs, y).item() * size
+            loss_sum = loss_sum + self.task.loss(outputs, y).detach().float() * size
             count += size
             if metrics is None:
                 if self.config.get("num_outputs") is None and outputs.ndim > 1:
@@ -560,7 +563,7 @@ class Learner:
                 callback.on_validation_batch_end(self)
         if metrics is None:
             raise TorsoError("the validation loader yields no batches")
-        results = {"valid_loss": loss_sum / count}
+        results = {"valid_loss": float(loss_sum) / count}
         results.update({name: float(metric.compute()) for name, metric in metrics.items()})
         return results
 

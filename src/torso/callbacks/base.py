@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 if TYPE_CHECKING:
     from torso.learner import Learner
 
@@ -24,8 +26,11 @@ class Callback:
     def on_epoch_start(self, learner: Learner) -> None:
         """An epoch begins; `learner.epoch` is its 0-based number over the whole run."""
 
-    def on_batch_end(self, learner: Learner, loss: float) -> None:
-        """A training batch is done; `loss` is its (unscaled) loss."""
+    def on_batch_end(self, learner: Learner, loss: torch.Tensor) -> None:
+        """A training batch is done; `loss` is its loss, a 0-d tensor on the training device.
+
+        `float(loss)` makes the CPU wait for the GPU: do it only when the value is needed.
+        """
 
     def on_validation_batch_end(self, learner: Learner) -> None:
         """A validation batch is done."""

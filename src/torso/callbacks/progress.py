@@ -10,6 +10,8 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING
 
+import torch
+
 from torso.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class Progress(Callback):
         self._progress = None
         self._task_id = None
         self._started = 0.0
+        self._shown = 0.0
         self._epochs_done_here = 0
 
     def _output(self) -> IO[str]:
@@ -82,14 +85,6 @@ class Progress(Callback):
             )
             self._progress.start()
 
-    def _time_left(self, learner: Learner) -> float:
-        elapsed = time.perf_counter() - self._started
-        done = self._epochs_done_here + learner.batch_index / max(learner.num_batches, 1)
-        remaining = (
-            learner.total_epochs - learner.epoch - learner.batch_index / max(learner.num_batches, 1)
-        )
-        return elapsed / done * remaining if done > 0 else 0.0
-
     def on_epoch_start(self, learner: Learner) -> None:
         if self._progress is not None:
             description = f"epoch {learner.epoch + 1}/{learner.total_epochs}"
@@ -99,9 +94,15 @@ class Progress(Callback):
                 description, total=learner.num_batches, status=""
             )
 
-    def on_batch_end(self, learner: Learner, loss: float) -> None:
+    def on_batch_end(self, learner: Learner, loss: torch.Tensor) -> None:
         if self._progress is not None and self._task_id is not None:
-            self._progress.update(self._task_id, advance=1, status=f"loss {loss:.4f}")
+            # Reading the loss waits for the device: refresh the number a few times a second.
+            now = time.perf_counter()
+            if now - self._shown >= 0.25 or learner.batch_index + 1 == learner.num_batches:
+                self._shown = now
+                self._progress.update(self._task_id, advance=1, status=f"loss {float(loss):.4f}")
+            else:
+                self._progress.update(self._task_id, advance=1)
 
     def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
         self._epochs_done_here += 1
