@@ -228,10 +228,19 @@ def test_an_input_the_body_cannot_take_names_sizes_that_work():
         model(torch.rand(1, 3, 20, 40))
 
 
+def test_a_failure_that_no_size_fixes_is_not_blamed_on_the_size(tiny_body):
+    model = DynamicUnet(tiny_body, 2).eval()
+    with pytest.raises(RuntimeError, match="[Dd]ouble") as caught:
+        model(torch.rand(1, 3, 64, 64, dtype=torch.float64))
+    assert not isinstance(caught.value, TorsoError)
+
+
 def test_wrong_channels_and_bad_arguments_are_named(tiny_body):
     model = DynamicUnet(tiny_body, 2)
     with pytest.raises(TorsoError, match=r"\(N, 3, H, W\), got \(1, 1, 32, 32\)"):
         model(torch.rand(1, 1, 32, 32))
+    with pytest.raises(TorsoError, match="float images"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(TorsoError, match="upsample"):
         DynamicUnet(tiny_body, 2, upsample="bilinear")
     with pytest.raises(TorsoError, match="num_classes"):

@@ -227,7 +227,7 @@ class DynamicUnet(nn.Sequential):
             widths of smp's Unet decoder). fastai's design doubles the body's last width in the
             middle block (2048 → 4096 → 2048 on a resnet50: 339M parameters) and keeps ~100
             channels at full resolution, where most of its computation goes; capped at 256, a
-            resnet50 decoder has a few million parameters and a fraction of the work.
+            resnet50 decoder has 7.4M parameters and a fraction of the work.
             None keeps fastai's widths exactly.
 
     With `torso.create_body("tv:resnet34")` and 3 classes the model has 41,221,268 parameters,
@@ -287,14 +287,25 @@ class DynamicUnet(nn.Sequential):
                 f"DynamicUnet on {body.name} expects images of shape "
                 f"(N, {body.in_channels}, H, W), got {tuple(images.shape)}"
             )
+        if not images.is_floating_point():
+            raise TorsoError(
+                f"DynamicUnet expects float images with values in [0, 1], got {images.dtype}"
+            )
         if torch.compiler.is_compiling():
             features = body.features(images)
         else:
             try:
                 features = body.features(images)
             except (RuntimeError, ValueError, AssertionError) as error:
+                if isinstance(error, torch.OutOfMemoryError):
+                    raise
                 height, width = int(images.shape[-2]), int(images.shape[-1])
-                raise TorsoError(_unfit_size_message(body, height, width, error)) from error
+                working = sizes_that_work(body, height, width, like=images)
+                if not working:  # not a matter of size: the body's own error says more
+                    raise
+                raise TorsoError(
+                    _unfit_size_message(body, height, width, working, error)
+                ) from error
         return self[1](images, features)
 
 
@@ -319,21 +330,25 @@ def _check_arguments(
         raise TorsoError(f"decoder_width must be at least 2, got {decoder_width}")
 
 
-def _unfit_size_message(body: Body, height: int, width: int, error: Exception) -> str:
-    sizes = ", ".join(f"{h}x{w}" for h, w in sizes_that_work(body, height, width))
-    suggestion = f"sizes near it that work: {sizes}" if sizes else "no nearby size worked either"
+def _unfit_size_message(
+    body: Body, height: int, width: int, working: list[tuple[int, int]], error: Exception
+) -> str:
+    sizes = ", ".join(f"{h}x{w}" for h, w in working)
     return (
         f"body {body.name} cannot take {height}x{width} images ({str(error).splitlines()[0]}); "
-        f"{suggestion}"
+        f"sizes near it that work: {sizes}"
     )
 
 
 @torch.no_grad()
-def sizes_that_work(body: Body, height: int, width: int, count: int = 2) -> list[tuple[int, int]]:
+def sizes_that_work(
+    body: Body, height: int, width: int, count: int = 2, *, like: torch.Tensor | None = None
+) -> list[tuple[int, int]]:
     """Up to `count` input sizes near `height`×`width` that `body` accepts, nearest first.
 
-    Tries multiples of the body's deepest reduction around each side with one small dummy
-    image each (eval mode, restored afterwards), so it costs a few forward passes.
+    Tries multiples of the body's deepest reduction around each side with one dummy image each
+    (eval mode, restored afterwards; on the device and dtype of `like` when given), so it costs
+    a few forward passes.
     """
     stride = max(body.reductions)
     sides = {}
@@ -354,7 +369,10 @@ def sizes_that_work(body: Body, height: int, width: int, count: int = 2) -> list
             if (h, w) == (height, width):
                 continue
             try:
-                body.features(torch.zeros(1, body.in_channels, h, w))
+                if like is None:
+                    body.features(torch.zeros(1, body.in_channels, h, w))
+                else:
+                    body.features(like.new_zeros(1, body.in_channels, h, w))
             except (RuntimeError, ValueError, AssertionError):
                 continue
             found.append((h, w))
