@@ -58,3 +58,13 @@ def test_unknown_backbone_exits_2_with_suggestions():
     assert result.returncode == 2
     assert "resnet34" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_summary_segment_shows_fastai_parity_and_the_capped_decoder(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["summary", "tv:resnet34", "--classes", "3", "--size", "64", "--task", "segment"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "41,221,268" in out  # fastai's DynamicUnet on the same body
+    assert "capped at 256" in out
+    assert "3×64×64" in out  # output at the input's size

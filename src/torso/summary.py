@@ -71,13 +71,45 @@ def stage_parameters(body: Body) -> list[int]:
     return counts
 
 
-@torch.no_grad()
 def summarize(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelSummary:
     """Shapes and parameter counts of `nn.Sequential(body, head)` for one `size` input.
 
     The head's layers are run one by one on the body's output, so each row shows what that
     layer really produces.
     """
+
+    def head_rows(head: nn.Module, images: torch.Tensor, maps: list[torch.Tensor]) -> list[Row]:
+        rows, x = [], maps[-1]
+        for index, layer in enumerate(head if isinstance(head, nn.Sequential) else [head]):
+            x = layer(x)
+            rows.append(
+                Row("head", f"{index}: {type(layer).__name__}", tuple(x.shape[1:]), _count(layer))
+            )
+        return rows
+
+    return _summarize(model, size, head_rows)
+
+
+def summarize_segmentation(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelSummary:
+    """Like `summarize` for `nn.Sequential(body, decoder)` models whose decoder takes
+    `(image, features)`: body stages with shapes, then the decoder's parts with their parameters
+    and the output shape."""
+
+    def decoder_rows(decoder: nn.Module, images: torch.Tensor, maps: list[torch.Tensor]):
+        rows = [
+            Row("decoder", name, (), _count(part))
+            for name, part in decoder.named_children()
+            if _count(part)
+        ]
+        output = decoder(images, maps)
+        return [*rows, Row("output", "class scores", tuple(output.shape[1:]), 0)]
+
+    return _summarize(model, size, decoder_rows)
+
+
+@torch.no_grad()
+def _summarize(model: nn.Sequential, size: int | tuple[int, int], second_part) -> ModelSummary:
+    """Input and body rows, the cut, then `second_part(model[1], images, maps)`'s rows."""
     body, head = model[0], model[1]
     height, width = (size, size) if isinstance(size, int) else size
     was_training = model.training
@@ -88,13 +120,8 @@ def summarize(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelS
         maps = body.features(images)
         for name, fmap, count in zip(body.stage_names, maps, stage_parameters(body), strict=True):
             rows.append(Row("body", name, tuple(fmap.shape[1:]), count))
-        x = maps[-1]
-        rows.append(Row("cut", f"cut: {body.name} ends here", tuple(x.shape[1:]), 0))
-        layers = head if isinstance(head, nn.Sequential) else [head]
-        for index, layer in enumerate(layers):
-            x = layer(x)
-            label = f"{index}: {type(layer).__name__}"
-            rows.append(Row("head", label, tuple(x.shape[1:]), _count(layer)))
+        rows.append(Row("cut", f"cut: {body.name} ends here", tuple(maps[-1].shape[1:]), 0))
+        rows += second_part(head, images, maps)
     finally:
         model.train(was_training)
     return ModelSummary(
@@ -104,39 +131,6 @@ def summarize(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelS
         total=_count(model),
         body=_count(body),
         head=_count(head),
-    )
-
-
-@torch.no_grad()
-def summarize_segmentation(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelSummary:
-    """Like `summarize` for `nn.Sequential(body, decoder)` models whose decoder takes
-    `(image, features)`: body stages with shapes, then the decoder's parts with their parameters
-    and the output shape."""
-    body, decoder = model[0], model[1]
-    height, width = (size, size) if isinstance(size, int) else size
-    was_training = model.training
-    model.eval()
-    try:
-        images = torch.zeros(1, body.in_channels, height, width)
-        rows = [Row("input", "image", tuple(images.shape[1:]), 0)]
-        maps = body.features(images)
-        for name, fmap, count in zip(body.stage_names, maps, stage_parameters(body), strict=True):
-            rows.append(Row("body", name, tuple(fmap.shape[1:]), count))
-        rows.append(Row("cut", f"cut: {body.name} ends here", tuple(maps[-1].shape[1:]), 0))
-        output = decoder(images, maps)
-        for name, part in decoder.named_children():
-            if _count(part):
-                rows.append(Row("decoder", name, (), _count(part)))
-        rows.append(Row("output", "class scores", tuple(output.shape[1:]), 0))
-    finally:
-        model.train(was_training)
-    return ModelSummary(
-        backbone=body.name,
-        rows=rows,
-        groups=describe_groups(model),
-        total=_count(model),
-        body=_count(body),
-        head=_count(decoder),
     )
 
 
