@@ -232,8 +232,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measurements per model")
     parser.add_argument("--decoder-width", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch's default)")
     parser.add_argument("--no-fastai-fit", action="store_true", help="skip the learner row")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
