@@ -16,6 +16,11 @@ Every training call is a list of *phases* (a fine-tune is two). The phases, the 
 the weights, the optimiser, the random generators, the history and the callbacks' state are saved
 after every epoch (`<out>/state.safetensors`, atomically), so `resume()` continues a killed run
 exactly where the last finished epoch left it.
+
+Under torchrun (several processes, `torso.distributed`) the same calls train with
+DistributedDataParallel: each process takes its share of every batch, the gradients are averaged
+across processes, validation metrics cover the whole validation set once, and only the main
+process runs the callbacks and writes files.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torso import distributed
 from torso.callbacks.base import Callback
 from torso.checkpoint import (
     STATE_FILE,
@@ -136,6 +142,8 @@ class Learner:
             CPU (bf16 on a CPU without bf16 instructions is an order of magnitude slower).
         compile: run the model through `torch.compile`.
         accumulate: add the gradients of this many batches before each optimiser step.
+        sync_batchnorm: under torchrun on GPUs, BatchNorm layers compute their statistics over
+            the global batch (all processes) instead of each process's share.
         out: run folder for the training state, `metrics.csv`, the model and the report.
     """
 
@@ -156,20 +164,29 @@ class Learner:
         mixed_precision: str | None = None,
         compile: bool = False,
         accumulate: int = 1,
+        sync_batchnorm: bool = False,
         out: str | os.PathLike | None = None,
     ) -> None:
         if accumulate < 1:
             raise TorsoError(f"accumulate must be at least 1, got {accumulate}")
         if weight_decay < 0:
             raise TorsoError(f"weight_decay must not be negative, got {weight_decay}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Under torchrun this joins the process group and picks this process's GPU.
+        self.device = distributed.setup(device)
+        self.distributed = distributed.is_distributed()
+        distributed.check_loader_is_sharded(train, "training")
+        distributed.check_loader_is_sharded(valid, "validation")
+        if sync_batchnorm:
+            model = self._convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.train_loader = train
         self.valid_loader = valid
         self.task = task
         self.config = dict(config) if config is not None else {"task": task.name}
         self.config.setdefault("task_options", dict(task.options))
-        self.callbacks: list[Callback] = list(callbacks)
+        # Callbacks write files and draw progress: under torchrun only the main process runs
+        # them; what they decide (`stop_training`) reaches the other processes each epoch.
+        self.callbacks: list[Callback] = list(callbacks) if distributed.is_main_process() else []
         self.weight_decay = weight_decay
         self.train_bn = train_bn
         self.splitter = splitter
@@ -183,6 +200,11 @@ class Learner:
         self.mixed_precision = self._choose_precision(mixed_precision)
         self._scaler = torch.amp.GradScaler("cuda") if self.mixed_precision == "fp16" else None
         self._forward = torch.compile(self.model) if compile else self.model
+        self._compile = compile
+        # DistributedDataParallel around the model, built when training starts and rebuilt
+        # whenever the set of trainable parameters changes (it registers only those).
+        self._parallel: nn.Module | None = None
+        self._ddp: nn.Module | None = None
 
         self.groups = self._parameter_groups()
         self.frozen_to = 0
@@ -210,6 +232,44 @@ class Learner:
         if self.device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"
+
+    def _convert_sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        if not self.distributed:
+            return model  # one process: plain BatchNorm already sees the whole batch
+        if self.device.type != "cuda":
+            raise TorsoError(
+                "sync_batchnorm (--sync-bn) needs one GPU per process: PyTorch's SyncBatchNorm "
+                "does not run on CPUs"
+            )
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def _training_model(self, x: Any) -> nn.Module:
+        """The module training batch `x` goes through: DistributedDataParallel when distributed."""
+        if not self.distributed:
+            return self._forward
+        if self._parallel is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=self._has_unused_parameters(x)
+            )
+            self._parallel = torch.compile(self._ddp) if self._compile else self._ddp
+        return self._parallel
+
+    def _has_unused_parameters(self, x: Any) -> bool:
+        """Whether a trainable parameter takes no part in the forward pass of (two samples of)
+        `x`, e.g. a norm layer of the backbone's classifier that a body keeps. DDP must then
+        look for such parameters every step, which costs time, so it does so only when needed."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        sample = type(x)(item[:2] for item in x) if isinstance(x, tuple | list) else x[:2]
+        self.model.eval()  # the same parameters take part; no running statistics change
+        try:
+            outputs = self._call_model(sample, self.model)
+            grads = torch.autograd.grad(outputs.float().sum(), trainable, allow_unused=True)
+        finally:
+            self._train_mode()
+        return any(grad is None for grad in grads)
 
     def _parameter_groups(self) -> list[list[nn.Parameter]]:
         if self.splitter is not None:
@@ -262,6 +322,7 @@ class Learner:
                         for parameter in module.parameters(recurse=False):
                             parameter.requires_grad_(True)
         self.frozen_to = n % count if n < 0 else n
+        self._parallel = self._ddp = None
 
     def freeze(self) -> None:
         """Train the head (the last group) only."""
@@ -461,9 +522,10 @@ class Learner:
         dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _call_model(self, x: Any) -> torch.Tensor:
+    def _call_model(self, x: Any, model: nn.Module | None = None) -> torch.Tensor:
+        forward = self._forward if model is None else model
         with self._autocast():
-            return self._forward(*x) if isinstance(x, tuple | list) else self._forward(x)
+            return forward(*x) if isinstance(x, tuple | list) else forward(x)
 
     def _train_epoch(self, phase: Phase, epoch_in_phase: int) -> None:
         started = time.perf_counter()
@@ -483,16 +545,21 @@ class Learner:
             if self.batch_index % self.accumulate == 0:
                 lrs, beta1 = self._schedule(phase, step, total_steps)
                 self._set_hyper(lrs, beta1, phase.weight_decay)
-            x, y = self._to_device(x), self._to_device(y)
-            outputs = self._call_model(x)
-            loss = self.task.loss(outputs, y)
-            scaled = loss / self.accumulate
-            if self._scaler is not None:
-                self._scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
             last = self.batch_index + 1 == self.num_batches
-            if (self.batch_index + 1) % self.accumulate == 0 or last:
+            stepping = (self.batch_index + 1) % self.accumulate == 0 or last
+            x, y = self._to_device(x), self._to_device(y)
+            model = self._training_model(x)
+            # Gradients of batches that only accumulate need no exchange between processes.
+            quiet = self._ddp.no_sync() if self._ddp is not None and not stepping else nullcontext()
+            with quiet:
+                outputs = self._call_model(x, model)
+                loss = self.task.loss(outputs, y)
+                scaled = loss / self.accumulate
+                if self._scaler is not None:
+                    self._scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            if stepping:
                 if self._scaler is not None:
                     self._scaler.step(self.optimizer)
                     self._scaler.update()
@@ -509,7 +576,8 @@ class Learner:
             for callback in self.callbacks:
                 callback.on_batch_end(self, loss)
         self.batch_index = self.num_batches
-        train_loss = float(loss_sum) / max(count, 1)
+        loss_total, count = distributed.sum_across([float(loss_sum), count])
+        train_loss = loss_total / max(count, 1)
         if not math.isfinite(train_loss):
             raise TorsoError(
                 f"the training loss became {train_loss} in epoch {self.epoch + 1}: "
@@ -523,12 +591,13 @@ class Learner:
         self.history.append(row)
         for callback in self.callbacks:
             callback.on_epoch_end(self, row)
+        self.stop_training = bool(distributed.broadcast_from_main(self.stop_training))
         self.epoch += 1
         if epoch_in_phase + 1 < phase.epochs:
             self._phase_epoch = epoch_in_phase + 1
         else:
             self._phase_index, self._phase_epoch = self._phase_index + 1, 0
-        if self.out is not None:
+        if self.out is not None and distributed.is_main_process():
             self.save_state(self.out / STATE_FILE)
 
     # -- evaluation ------------------------------------------------------------------------
@@ -540,11 +609,28 @@ class Learner:
 
     @torch.no_grad()
     def validate(self, loader: Iterable | None = None) -> dict[str, float]:
-        """Loss and the task's metrics over `loader` (default: the validation loader)."""
+        """Loss and the task's metrics over `loader` (default: the validation loader).
+
+        Under torchrun a loader that gives each process its share (`ShardSampler`) is measured
+        by all processes together, every image once, and all of them get the same numbers; any
+        other loader is measured by the calling process alone.
+        """
+        batches = self._batches(loader)
+        shared = self.distributed and isinstance(
+            getattr(batches, "sampler", None), distributed.ShardSampler
+        )
+        if shared:
+            distributed.broadcast_buffers(self.model)
+            shares = distributed.gather_tensors(torch.tensor([len(batches)]))
+            if int(shares.min()) == 0:
+                raise TorsoError(
+                    f"the validation set is too small for {distributed.world_size()} processes: "
+                    "each needs at least one validation image"
+                )
         metrics = None
         self.model.eval()
         loss_sum, count = 0.0, 0
-        for x, y in self._batches(loader):
+        for x, y in batches:
             x, y = self._to_device(x), self._to_device(y)
             outputs = self._call_model(x)
             size = _batch_size(y)
@@ -556,6 +642,8 @@ class Learner:
                 metrics = {
                     name: m.to(self.device) for name, m in self.task.metrics(self.config).items()
                 }
+                for metric in metrics.values():
+                    _choose_metric_sync(metric, shared)
             predictions, targets = self.task.metric_inputs(outputs, y)
             for metric in metrics.values():
                 metric.update(predictions, targets)
@@ -563,7 +651,10 @@ class Learner:
                 callback.on_validation_batch_end(self)
         if metrics is None:
             raise TorsoError("the validation loader yields no batches")
-        results = {"valid_loss": float(loss_sum) / count}
+        loss_total, count = float(loss_sum), count
+        if shared:
+            loss_total, count = distributed.sum_across([loss_total, count])
+        results = {"valid_loss": loss_total / count}
         results.update({name: float(metric.compute()) for name, metric in metrics.items()})
         return results
 
@@ -671,7 +762,10 @@ class Learner:
 
     # -- saving and resuming ---------------------------------------------------------------
     def save_model(self, folder: str | os.PathLike) -> Path:
-        """Save a loadable model folder (`model.safetensors` + `torso.json`)."""
+        """Save a loadable model folder (`model.safetensors` + `torso.json`); under torchrun only
+        the main process writes it (the others return the same path)."""
+        if not distributed.is_main_process():
+            return Path(folder)
         return save_model(self.model, self.config, folder)
 
     def save_state(self, path: str | os.PathLike) -> None:
@@ -763,6 +857,14 @@ class Learner:
         self.optimizer.load_state_dict(snapshot["optimizer"])
         self.freeze_to(snapshot["frozen_to"])
         restore_rng(*snapshot["rng"])
+
+
+def _choose_metric_sync(metric: nn.Module, shared: bool) -> None:
+    """torchmetrics gathers a metric's state from all processes whenever a process group exists;
+    that is right only when every process measured its own share of the same loader."""
+    for part in metric.modules():
+        if hasattr(part, "distributed_available_fn"):
+            part.distributed_available_fn = lambda: shared
 
 
 def _batch_size(targets: Any) -> int:
