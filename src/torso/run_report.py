@@ -2,7 +2,8 @@
 
 Glue between the Learner (which has the history, the model and the validation predictions) and
 `torso.report` (which draws plain data). Writes into the run folder: `losses.png`,
-`confusion_matrix.png` and `top_losses.png` (single-label classification), and `report.html`
+`confusion_matrix.png` and `top_losses.png` (single-label classification), `segmentation.png`
+(image | truth | prediction, segmentation), and `report.html`
 with them, the lr_find curve when there is one, the model summary and the config.
 """
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from torso.lr_find import LRFindResult
 
 TOP_LOSSES = 9
+SEGMENTATION_SAMPLES = 6
 
 
 def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int):
@@ -110,6 +112,28 @@ def classification_plots(learner: Learner, folder: Path) -> list[Path]:
     return paths
 
 
+def segmentation_plot(learner: Learner, folder: Path) -> Path | None:
+    """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images."""
+    images, truths, count = [], [], 0
+    for x, y in learner.valid_loader:
+        if not isinstance(x, torch.Tensor):
+            return None
+        images.append(x.cpu())
+        truths.append(y.cpu())
+        count += len(x)
+        if count >= SEGMENTATION_SAMPLES:
+            break
+    if not images:
+        return None
+    batch = torch.cat(images)[:SEGMENTATION_SAMPLES]
+    targets = torch.cat(truths)[:SEGMENTATION_SAMPLES]
+    activations = learner.get_preds([(batch, targets)])["activations"]
+    classes = learner.config.get("classes") or [str(i) for i in range(activations.shape[1])]
+    return report.plot_segmentation(
+        batch, targets, learner.task.decode(activations), classes, folder / "segmentation.png"
+    )
+
+
 def write_run_report(
     learner: Learner,
     folder: str | os.PathLike,
@@ -131,6 +155,10 @@ def write_run_report(
         )
     if learner.valid_loader is not None and learner.task.name == "classify":
         images.extend(classification_plots(learner, folder))
+    if learner.valid_loader is not None and learner.task.name == "segment":
+        overlays = segmentation_plot(learner, folder)
+        if overlays is not None:
+            images.append(overlays)
     final = {
         k: v
         for k, v in (learner.history[-1] if learner.history else {}).items()

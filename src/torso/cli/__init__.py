@@ -13,7 +13,7 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary", "check", "train", "predict", "lr_find", "demo", "embed", "similar"]
+COMMANDS = ["summary", "check", "train", "predict", "lr_find", "demo", "embed", "similar", "export"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,7 +24,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("run", help="folder with torso.json and model.safetensors")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
-    parser.add_argument("--out", help="CSV file to write (default: print to the screen)")
+    parser.add_argument(
+        "--out",
+        help="CSV file to write (default: print to the screen); for a segmentation run, the "
+        "folder for the mask PNGs, overlays and predictions.csv",
+    )
     parser.add_argument("--tta", action="store_true", help="average with mirrored images")
     parser.add_argument("--best", action="store_true", help="use RUN/best (the best epoch)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="batch size (32)")
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.run) / "best" if args.best else Path(args.run)
     learner = load(folder, device=args.device)
     paths = image_paths(args.images)
+    if learner.task.name == "segment":
+        return predict_segmentation(learner, paths, args)
     records = []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start : start + args.batch_size]
@@ -74,4 +80,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(records)} predictions to {args.out}")
     else:
         sys.stdout.write(buffer.getvalue())
+    return 0
+
+
+def predict_segmentation(learner, paths: list[Path], args: argparse.Namespace) -> int:
+    """Masks, overlays and predictions.csv of a segmentation run, into the folder `--out`."""
+    from torso.cli.masks import write_mask_predictions
+
+    if not args.out:
+        raise TorsoError("a segmentation model writes mask images: give --out FOLDER")
+    csv_path = write_mask_predictions(
+        learner.model,
+        learner.config,
+        paths,
+        args.out,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=learner.device,
+    )
+    print(f"wrote {len(paths)} masks and overlays to {args.out}; class shares in {csv_path}")
     return 0

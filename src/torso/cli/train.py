@@ -58,7 +58,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
         default="classify",
-        help="classify (default), multilabel or regress",
+        help="classify (default), multilabel, regress, segment or siamese",
     )
     parser.add_argument(
         "--backbone",
@@ -111,6 +111,18 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         metavar=("LOW", "HIGH"),
         help="regress: keep outputs in [LOW, HIGH]",
+    )
+    parser.add_argument(
+        "--decoder-width",
+        type=positive_int,
+        default=None,
+        help="segment: cap on the U-Net decoder's widths, e.g. 256 (default: fastai's widths)",
+    )
+    parser.add_argument(
+        "--dice-weight",
+        type=float,
+        default=0.0,
+        help="segment: weight of a soft Dice loss added to the cross-entropy (0)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -189,6 +201,11 @@ def task_options(args: argparse.Namespace) -> dict[str, Any]:
         return {"threshold": args.threshold}
     if args.task == "regress":
         return {"loss": args.loss, "y_range": tuple(args.y_range) if args.y_range else None}
+    if args.task == "segment":
+        return {
+            "dice_weight": getattr(args, "dice_weight", 0.0),
+            "decoder_width": getattr(args, "decoder_width", None),
+        }
     return {}
 
 

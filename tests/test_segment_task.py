@@ -1,0 +1,226 @@
+"""The segmentation task: loss with void pixels, metrics by hand, and `torso train --task segment`
+→ `torso predict` on generated shapes (a circle and a square on a noisy background)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from torso.checkpoint import load_model, make_config, save_model
+from torso.cli import main
+from torso.errors import TorsoError
+from torso.segmentation import DynamicUnet
+from torso.tasks import get_task
+from torso.tasks.segment import SegmentTask, soft_dice_loss
+
+VOID = 255
+CODES = ["background", "circle", "square"]
+
+
+def write_shapes(root: Path, count: int, size: int = 48, seed: int = 0) -> Path:
+    """`count` images with a red circle in the left half and a blue square in the right half at
+    random heights and radii, their masks (0 background, 1 circle, 2 square) and codes.txt."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "codes.txt").write_text("\n".join(CODES) + "\n")
+    half = size // 2
+    for index in range(count):
+        image = Image.fromarray(rng.integers(60, 120, (size, size, 3), dtype=np.uint8))
+        mask = Image.new("L", (size, size), 0)
+        draw, mask_draw = ImageDraw.Draw(image), ImageDraw.Draw(mask)
+        for value, colour in ((1, (230, 60, 40)), (2, (40, 90, 230))):
+            radius = int(rng.integers(size // 8, size // 5))
+            x = int(rng.integers(radius, half - radius)) + (0 if value == 1 else half)
+            y = int(rng.integers(radius, size - radius))
+            box = (x - radius, y - radius, x + radius, y + radius)
+            shape = "ellipse" if value == 1 else "rectangle"
+            getattr(draw, shape)(box, fill=colour)
+            getattr(mask_draw, shape)(box, fill=value)
+        image.save(root / "images" / f"{index:03d}.png")
+        mask.save(root / "masks" / f"{index:03d}.png")
+    return root
+
+
+# -- loss -------------------------------------------------------------------------------------
+def test_loss_is_cross_entropy_over_non_void_pixels_only():
+    task = get_task("segment")
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(2, 3, 4, 5, generator=generator)
+    targets = torch.randint(0, 3, (2, 4, 5), generator=generator)
+    targets[0, :2] = VOID  # image 0: 10 void pixels of 20
+    expected = F.cross_entropy(outputs, targets, ignore_index=VOID)
+    assert torch.allclose(task.loss(outputs, targets), expected)
+
+    # Scores at void pixels do not matter.
+    changed = outputs.clone()
+    changed[0, :, :2] = 100.0
+    assert torch.allclose(task.loss(changed, targets), expected)
+
+    # One value per image, each averaged over that image's own non-void pixels.
+    per_image = task.loss(outputs, targets, reduction="none")
+    assert per_image.shape == (2,)
+    first = F.cross_entropy(outputs[:1, :, 2:], targets[:1, 2:])
+    assert torch.allclose(per_image[0], first)
+    assert torch.allclose(task.loss(outputs, targets, reduction="sum"), per_image.sum())
+
+
+def test_an_all_void_batch_has_zero_loss_not_nan():
+    task = get_task("segment", dice_weight=1.0)
+    loss = task.loss(torch.randn(1, 2, 3, 3), torch.full((1, 3, 3), VOID))
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_term_is_added_with_its_weight_and_vanishes_for_a_perfect_prediction():
+    targets = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, VOID]]])
+    perfect = F.one_hot(targets.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 50.0
+    assert float(soft_dice_loss(perfect, targets, VOID, per_sample=False)) < 1e-6
+    outputs = torch.randn(1, 3, 2, 4, generator=torch.Generator().manual_seed(1))
+    plain = get_task("segment").loss(outputs, targets)
+    weighted = get_task("segment", dice_weight=0.5).loss(outputs, targets)
+    dice = soft_dice_loss(outputs, targets, VOID, per_sample=False)
+    assert 0 < float(dice) < 1
+    assert torch.allclose(weighted, plain + 0.5 * dice)
+
+
+def test_bad_options_are_refused_in_the_users_words():
+    with pytest.raises(TorsoError, match="dice_weight"):
+        get_task("segment", dice_weight=-1)
+    with pytest.raises(TorsoError, match="ignore_index"):
+        get_task("segment", ignore_index=300)
+    with pytest.raises(TorsoError, match="do not match"):
+        get_task("segment").loss(torch.randn(1, 2, 4, 4), torch.zeros(1, 3, 3, dtype=torch.long))
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_metrics_match_a_hand_count_and_ignore_void():
+    # truth:      0 0 1 1 | 2 2 2 V      prediction: 0 1 1 1 | 2 2 0 0
+    truth = torch.tensor([[[0, 0, 1, 1], [2, 2, 2, VOID]]])
+    predicted = torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 0]]])
+    outputs = F.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+    task = get_task("segment")
+    config = {"num_outputs": 3, "classes": CODES}
+    metrics = task.metrics(config)
+    for metric in metrics.values():
+        metric.update(*task.metric_inputs(outputs, truth))
+    values = {name: float(metric.compute()) for name, metric in metrics.items()}
+    # 7 non-void pixels, 5 right. Class 0: tp 1, fp 1, fn 1; class 1: tp 2, fp 1;
+    # class 2: tp 2, fn 1.
+    assert values["pixel_accuracy"] == pytest.approx(5 / 7)
+    assert values["dice_background"] == pytest.approx(2 / 4)
+    assert values["dice_circle"] == pytest.approx(4 / 5)
+    assert values["dice_square"] == pytest.approx(4 / 5)
+    assert values["dice"] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+    assert values["mean_iou"] == pytest.approx((1 / 3 + 2 / 3 + 2 / 3) / 3)
+    assert SegmentTask.main_metric == "mean_iou" and SegmentTask.higher_is_better
+
+
+def test_describe_gives_pixel_shares_and_decode_the_argmax_mask():
+    task = get_task("segment")
+    activations = F.one_hot(torch.tensor([[[0, 1], [1, 1]]]), 3).permute(0, 3, 1, 2).float()
+    assert task.decode(activations).tolist() == [[[0, 1], [1, 1]]]
+    assert task.describe(activations, CODES) == [
+        {"background": 0.25, "circle": 0.75, "square": 0.0}
+    ]
+
+
+def test_the_model_is_a_dynamic_unet_rebuilt_from_its_saved_config(tmp_path):
+    task = get_task("segment", decoder_width=32)
+    config = make_config(task, "test_resnet", 3, classes=CODES, size=32)
+    model = task.build_model(config)
+    assert isinstance(model, DynamicUnet)
+    assert model(torch.rand(1, 3, 32, 48)).shape == (1, 3, 32, 48)
+    capped = sum(p.numel() for p in model.parameters())
+    wide = get_task("segment").build_model(config)
+    assert capped < sum(p.numel() for p in wide.parameters())
+    save_model(model, config, tmp_path)
+    loaded, saved = load_model(tmp_path)
+    assert saved["task_options"]["decoder_width"] == 32
+    assert sum(p.numel() for p in loaded.parameters()) == capped
+
+
+# -- end to end -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    """`torso train --task segment` on 60 generated 48-px images (48 train, 12 valid)."""
+    root = tmp_path_factory.mktemp("segment")
+    data = write_shapes(root / "shapes", 60)
+    out = root / "run"
+    torch.manual_seed(0)
+    code = main(
+        [
+            "train",
+            str(data),
+            "--task",
+            "segment",
+            "--backbone",
+            "test_resnet",
+            "--decoder-width",
+            "32",
+            "--size",
+            "48",
+            "--batch-size",
+            "6",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-2",
+            "--workers",
+            "0",
+            "--no-augment",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return data, out
+
+
+def test_shapes_reach_mean_iou_of_0_8(shapes_run):
+    _, out = shapes_run
+    with open(out / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert {"pixel_accuracy", "dice", "mean_iou", "dice_circle", "dice_square"} <= set(rows[0])
+    assert float(rows[-1]["mean_iou"]) >= 0.8
+    overlays = (out / "segmentation.png").read_bytes()
+    assert base64.b64encode(overlays).decode() in (out / "report.html").read_text()
+    assert json.loads((out / "torso.json").read_text())["classes"] == CODES
+
+
+def test_predict_writes_masks_at_each_images_size_overlays_and_shares(shapes_run, tmp_path):
+    data, run = shapes_run
+    # A wider copy of a training image: the mask must come back at 48x72 and still find shapes.
+    source = Image.open(data / "images" / "000.png")
+    wide = tmp_path / "inputs"
+    wide.mkdir()
+    source.resize((72, 48), Image.Resampling.BILINEAR).save(wide / "wide.png")
+    source.save(wide / "plain.png")
+    out = tmp_path / "predicted"
+    assert main(["predict", str(run), str(wide), "--out", str(out)]) == 0
+    mask = Image.open(out / "wide_mask.png")
+    assert mask.mode == "P" and mask.size == (72, 48)
+    assert Image.open(out / "wide_overlay.png").size == (72, 48)
+    plain = np.asarray(Image.open(out / "plain_mask.png"))
+    truth = np.asarray(Image.open(data / "masks" / "000.png"))
+    assert (plain == truth).mean() > 0.9  # a training image: the model has learnt it
+    with open(out / "predictions.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [Path(row["path"]).name for row in rows] == ["plain.png", "wide.png"]
+    for row in rows:
+        assert sum(float(row[name]) for name in CODES) == pytest.approx(1.0, abs=1e-5)
+        assert float(row["circle"]) > 0.02 and float(row["square"]) > 0.02
+
+
+def test_predict_of_a_segmentation_run_needs_an_output_folder(shapes_run, capsys):
+    data, run = shapes_run
+    assert main(["predict", str(run), str(data / "images" / "001.png")]) == 2
+    assert "--out" in capsys.readouterr().err
