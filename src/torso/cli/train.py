@@ -3,6 +3,11 @@
 The run folder (`--out`, default `runs/<data folder name>`) receives `model.safetensors` +
 `torso.json` (the final model), `best/` (the best epoch's model), `state.safetensors` (for
 `--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
+
+Under `torchrun --nproc-per-node N -m torso train ...` the same command trains with
+DistributedDataParallel (see `torso.distributed`): `--batch-size` is per process (the global batch
+is N times larger), only the main process writes the run folder and prints, and the report is
+measured by the main process over the whole validation set.
 """
 
 from __future__ import annotations
@@ -77,7 +82,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="start from pretrained weights in a local file (safetensors or weights-only torch)",
     )
     parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (224)")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="batch size (32)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=32,
+        help="batch size (32); under torchrun per process: the global batch is N times larger",
+    )
     parser.add_argument("--in-channels", type=positive_int, default=3, help="image channels (3)")
     parser.add_argument(
         "--csv", help="labels CSV (multilabel, regress), relative to DATA or a path"
@@ -174,6 +184,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--compile", action="store_true", help="use torch.compile")
     parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="under torchrun: stop when another process does not answer for this long (600)",
+    )
+    parser.add_argument(
         "--patience",
         type=positive_int,
         default=None,
@@ -239,8 +261,12 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 def load_training_data(args: argparse.Namespace):
-    """`torso.data.load_data` with the command line's options."""
+    """`torso.data.load_data` with the command line's options (this process's share of the data
+    under torchrun)."""
+    from torso import distributed
     from torso.data import load_data
+
+    samplers = distributed.shard_samplers(args.seed) if distributed.is_distributed() else {}
 
     return load_data(
         args.data,
@@ -255,6 +281,7 @@ def load_training_data(args: argparse.Namespace):
         skip_bad=args.skip_bad,
         in_channels=args.in_channels,
         csv=args.csv,
+        **samplers,
     )
 
 
@@ -288,8 +315,16 @@ def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
         mixed_precision=precision,
         compile=getattr(args, "compile", False),
         accumulate=getattr(args, "accumulate", 1),
+        sync_batchnorm=getattr(args, "sync_bn", False),
         out=out,
     )
+
+
+def whole_validation_loader(share):
+    """A loader over the whole validation set that `share` (one process's loader) draws from."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(share.dataset, batch_size=share.batch_size, collate_fn=share.collate_fn)
 
 
 def _plain_stats(stats):
@@ -324,6 +359,19 @@ def default_run_folder(data: str) -> Path:
 
 # -- the command ------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    from torso import distributed
+
+    # Under torchrun: join the other processes; any failure ends this one promptly.
+    distributed.setup(args.device, timeout=getattr(args, "dist_timeout", 600.0))
+    try:
+        with distributed.failure_guard():
+            return _train(args)
+    finally:
+        distributed.cleanup()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from torso import distributed
     from torso.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
     from torso.learner import set_seed
     from torso.tasks import get_task
@@ -346,15 +394,19 @@ def run(args: argparse.Namespace) -> int:
         args.resume = str(out)
     else:
         out = Path(args.out) if args.out else default_run_folder(args.data)
+        # Every process must use the folder the main process chose (it creates it).
+        out = Path(distributed.broadcast_from_main(str(out)))
+    main_process = distributed.is_main_process()
     check_inputs(args)
     if args.freeze_epochs < 0:
         raise TorsoError(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
     if args.weight_decay < 0:
         raise TorsoError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
-    check_writable(out)
+    if main_process:
+        check_writable(out)
     task = get_task(args.task, **task_options(args))
     pretrained = False if args.resume else pretrained_choice(args)
-    if args.resume is None:
+    if args.resume is None and main_process:
         stored = {k: v for k, v in vars(args).items() if k not in ("_run", "command", "resume")}
         (out / ARGS_FILE).write_text(json.dumps(stored, indent=2) + "\n")
 
@@ -369,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tensorboard:
         callbacks.append(TensorBoard())
     learner = build_learner(args, dls, task, pretrained=pretrained, out=out, callbacks=callbacks)
-    if not args.quiet:
+    if not args.quiet and main_process:
         print(dls.describe(), flush=True)
         if not pretrained and not args.resume:
             print(
@@ -384,15 +436,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         lr = args.lr
         if args.lr_find:
-            lr_curve = learner.lr_find(plot=out / "lr_find.png")
-            lr = lr_curve.suggestion
-            if not args.quiet:
+            # Each process runs its own finder on its share; all use the main process's choice.
+            lr_curve = learner.lr_find(plot=out / "lr_find.png" if main_process else None)
+            lr = distributed.broadcast_from_main(lr_curve.suggestion)
+            if not args.quiet and main_process:
                 print(f"lr_find suggests {lr:.2e}", flush=True)
         if pretrained:
             learner.fine_tune(args.epochs, lr or 2e-3, freeze_epochs=args.freeze_epochs)
         else:
             learner.fit_one_cycle(args.epochs, lr or 1e-3)
     learner.save_model(out)
+    if not main_process:
+        return 0
+    if learner.valid_loader is not None and distributed.is_distributed():
+        # The report's plots need every validation image: measure them all here.
+        learner.valid_loader = whole_validation_loader(dls.valid)
     from torso.run_report import write_run_report
 
     report = write_run_report(learner, out, title=f"torso train {args.data}", lr_curve=lr_curve)
