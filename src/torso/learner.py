@@ -616,17 +616,7 @@ class Learner:
         other loader is measured by the calling process alone.
         """
         batches = self._batches(loader)
-        shared = self.distributed and isinstance(
-            getattr(batches, "sampler", None), distributed.ShardSampler
-        )
-        if shared:
-            distributed.broadcast_buffers(self.model)
-            shares = distributed.gather_tensors(torch.tensor([len(batches)]))
-            if int(shares.min()) == 0:
-                raise TorsoError(
-                    f"the validation set is too small for {distributed.world_size()} processes: "
-                    "each needs at least one validation image"
-                )
+        shared = self._measured_together(batches)
         metrics = None
         self.model.eval()
         loss_sum, count = 0.0, 0
@@ -658,6 +648,23 @@ class Learner:
         results.update({name: float(metric.compute()) for name, metric in metrics.items()})
         return results
 
+    def _measured_together(self, loader: Iterable) -> bool:
+        """Whether all processes measure `loader` together, each its own share (a collective
+        call then: every process must make it)."""
+        shared = self.distributed and isinstance(
+            getattr(loader, "sampler", None), distributed.ShardSampler
+        )
+        if shared:
+            # Every process measures the main process's model (BatchNorm statistics included).
+            distributed.broadcast_buffers(self.model)
+            shares = distributed.gather_tensors(torch.tensor([len(loader)]))
+            if int(shares.min()) == 0:
+                raise TorsoError(
+                    f"the validation set is too small for {distributed.world_size()} processes: "
+                    "each needs at least one validation image"
+                )
+        return shared
+
     @torch.no_grad()
     def get_preds(
         self, loader: Iterable | None = None, *, with_loss: bool = False, with_inputs: bool = False
@@ -666,15 +673,19 @@ class Learner:
         the inputs over `loader` (default: validation), all on the CPU.
 
         Returns a dict with `"activations"` (N, ...), `"targets"` (N, ...), and `"losses"` (N,)
-        and `"inputs"` (N, C, H, W) when asked for.
+        and `"inputs"` (N, C, H, W) when asked for. Under torchrun, a loader shared out among the
+        processes (the default validation loader) is gathered: every process gets all N rows,
+        in the loader's order.
         """
+        batches = self._batches(loader)
+        shared = self._measured_together(batches)
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = {"activations": [], "targets": []}
         if with_loss:
             parts["losses"] = []
         if with_inputs:
             parts["inputs"] = []
-        for x, y in self._batches(loader):
+        for x, y in batches:
             xd, yd = self._to_device(x), self._to_device(y)
             outputs = self._call_model(xd)
             parts["activations"].append(self.task.activation(outputs).cpu())
@@ -685,23 +696,31 @@ class Learner:
                 parts["inputs"].append(x.cpu() if isinstance(x, torch.Tensor) else x[0].cpu())
         if not parts["activations"]:
             raise TorsoError("the loader yields no batches")
-        return {key: torch.cat(values) for key, values in parts.items()}
+        results = {key: torch.cat(values) for key, values in parts.items()}
+        if shared:
+            results = {key: distributed.gather_in_order(value) for key, value in results.items()}
+        return results
 
     @torch.no_grad()
     def tta(self, loader: Iterable | None = None) -> dict[str, torch.Tensor]:
         """Test-time augmentation: activations averaged over each image and its mirror image.
 
         Outputs with the input's spatial size (segmentation) are mirrored back before averaging.
-        Returns `{"activations", "targets"}` as `get_preds` does.
+        Returns `{"activations", "targets"}` as `get_preds` does (gathered likewise).
         """
+        batches = self._batches(loader)
+        shared = self._measured_together(batches)
         self.model.eval()
         activations, targets = [], []
-        for x, y in self._batches(loader):
+        for x, y in batches:
             activations.append(self._tta_batch(self._to_device(x)).cpu())
             targets.append(y.cpu() if isinstance(y, torch.Tensor) else torch.as_tensor(y))
         if not activations:
             raise TorsoError("the loader yields no batches")
-        return {"activations": torch.cat(activations), "targets": torch.cat(targets)}
+        results = {"activations": torch.cat(activations), "targets": torch.cat(targets)}
+        if shared:
+            results = {key: distributed.gather_in_order(value) for key, value in results.items()}
+        return results
 
     def _tta_batch(self, x: Any) -> torch.Tensor:
         plain = self.task.activation(self._call_model(x))
@@ -837,9 +856,15 @@ class Learner:
 
     # -- lr_find ---------------------------------------------------------------------------
     def lr_find(self, **options: Any):
-        """Run the learning-rate finder; see `torso.lr_find.lr_find` for the options."""
+        """Run the learning-rate finder; see `torso.lr_find.lr_find` for the options.
+
+        The plot goes to `<out>/lr_find.png` when the Learner has a run folder and no `plot`
+        path is given.
+        """
         from torso.lr_find import lr_find
 
+        if options.get("plot") is None and self.out is not None:
+            options["plot"] = self.out / "lr_find.png"
         return lr_find(self, **options)
 
     def snapshot(self) -> dict[str, Any]:
