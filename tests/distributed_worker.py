@@ -5,7 +5,8 @@
         [--fail-epoch E] [--stall-epoch E] [--timeout SECONDS]
 
 Trains `tiny_model()` with the Python API on DATA (each process takes a per-process batch of
-`PER_PROCESS_BATCH`) and writes this process's history to RESULTS/history-<rank>.json. The
+`PER_PROCESS_BATCH`) and writes this process's history and validation predictions to
+RESULTS/history-<rank>.json and RESULTS/predictions-<rank>.safetensors. The
 failure options make process 1 raise (or hang) when epoch E begins, for the failure tests.
 """
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from torso import create_model, distributed
 from torso.data import load_data
@@ -117,8 +119,10 @@ def main() -> None:
         else:
             learner.fit_one_cycle(args.epochs, 3e-3)
         learner.save_model(out)
+        predictions = learner.get_preds(with_loss=True)  # gathered from both processes
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"history-{rank}.json").write_text(json.dumps(learner.history))
+    save_file(predictions, args.results / f"predictions-{rank}.safetensors")
 
 
 if __name__ == "__main__":

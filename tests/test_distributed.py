@@ -7,6 +7,7 @@
   them a process's share of a batch normalises or drops differently from the whole batch.
 * An exception in one process ends both promptly, each with a message saying what happened.
 * A process that stops answering is given up on after `--timeout` seconds, not waited on forever.
+* `get_preds` under torchrun gathers both processes' shares back into the validation order.
 * `torso train` under torchrun, SIGKILLed during training, resumes with `--resume` under torchrun;
   its metrics equal a single-process validation of the model it saved.
 """
@@ -164,12 +165,19 @@ def test_a_failed_run_resumes_under_torchrun_to_the_single_process_weights(
     single = build_learner(str(data), 2 * PER_PROCESS_BATCH, None)
     single.fit_one_cycle(2, 3e-3)
     assert_same_weights(single.model.state_dict(), load_file(run / "model.safetensors"))
-    # Both processes hold the same history, equal to the single process's.
-    histories = [json.loads((results / f"history-{r}.json").read_text()) for r in (0, 1)]
-    for history in histories:
+    # Both processes hold the same history, equal to the single process's, and the same
+    # predictions, gathered from both processes' shares into the validation set's order.
+    expected = single.get_preds(with_loss=True)
+    assert len(expected["targets"]) == VALID_IMAGES
+    for rank in (0, 1):
+        history = json.loads((results / f"history-{rank}.json").read_text())
         assert len(history) == 2
-        for expected, actual in zip(single.history, history, strict=True):
-            assert_same_row(expected, actual)
+        for expected_row, row in zip(single.history, history, strict=True):
+            assert_same_row(expected_row, row)
+        predictions = load_file(results / f"predictions-{rank}.safetensors")
+        assert torch.equal(predictions["targets"], expected["targets"])
+        for key in ("activations", "losses"):
+            assert torch.allclose(predictions[key], expected[key], atol=1e-5, rtol=0), key
 
 
 def test_a_process_that_stops_answering_is_given_up_after_the_timeout(data, tmp_path):

@@ -12,7 +12,8 @@ rest of torso a few plain answers and operations:
   samples (fewer than the number of processes) so every process takes the same number of steps,
   the validation share drops nothing and repeats nothing, so a metric gathered over the shares
   counts every validation image exactly once;
-* `sum_across`, `broadcast_from_main`, `gather_tensors`, `broadcast_buffers` for the Learner;
+* `sum_across`, `broadcast_from_main`, `gather_tensors`, `gather_in_order`,
+  `broadcast_buffers` for the Learner;
 * `cleanup()` destroys the group on exit, `abort()` on an error, and `failure_guard()` turns a
   peer that died or stopped answering (a collective that timed out after `timeout` seconds) into
   a `PeerFailure` naming this process, so no process waits forever.
@@ -262,6 +263,20 @@ def gather_tensors(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([piece[: int(n)] for piece, n in zip(pieces, lengths, strict=True)]).to(
         tensor.device
     )
+
+
+def gather_in_order(share: torch.Tensor) -> torch.Tensor:
+    """Rows measured over a loader dealt out by `ShardSampler(..., even=False)`: this process's
+    `share` (N_r, ...) in, all N rows out (N, ...), in the order of the sampler they were dealt
+    from (process r holds positions r, r + W, ...), in every process."""
+    gathered = gather_tensors(share)
+    if not is_distributed():
+        return gathered
+    count = world_size()
+    positions = torch.cat([torch.arange(r, len(gathered), count) for r in range(count)])
+    ordered = torch.empty_like(gathered)
+    ordered[positions.to(gathered.device)] = gathered
+    return ordered
 
 
 def broadcast_buffers(model: nn.Module) -> None:
