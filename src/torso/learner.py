@@ -865,6 +865,8 @@ class Learner:
 
         if options.get("plot") is None and self.out is not None:
             options["plot"] = self.out / "lr_find.png"
+        if not distributed.is_main_process():
+            options["plot"] = None  # under torchrun only the main process writes files
         return lr_find(self, **options)
 
     def snapshot(self) -> dict[str, Any]:
