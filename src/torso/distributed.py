@@ -182,8 +182,8 @@ def failure_guard() -> Iterator[None]:
     except TorsoError as error:
         if not is_distributed():
             raise
-        abort()
         error.args = (f"{describe()}: {error}", *error.args[1:])
+        abort()
         raise
     except KeyboardInterrupt:
         abort()
