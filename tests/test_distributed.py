@@ -274,3 +274,23 @@ def test_outside_torchrun_nothing_is_distributed(monkeypatch):
     assert distributed.broadcast_from_main("x") == "x"
     with pytest.raises(TorsoError, match="timeout"):
         distributed.setup(None, timeout=0)
+
+
+def test_loaders_without_a_share_per_process_are_refused(monkeypatch):
+    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler, TensorDataset
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    dataset = TensorDataset(torch.zeros(5))
+    check = distributed.check_loader_is_sharded
+    with pytest.raises(TorsoError, match="shard_samplers"):
+        check(DataLoader(dataset), "training")
+    padded = DataLoader(dataset, sampler=DistributedSampler(dataset, num_replicas=2, rank=0))
+    check(padded, "training")
+    with pytest.raises(TorsoError, match="repeats images"):
+        check(padded, "validation")
+    dropping = distributed.ShardSampler(SequentialSampler(dataset), rank=0, world_size=2)
+    with pytest.raises(TorsoError, match="even=False"):
+        check(DataLoader(dataset, sampler=dropping), "validation")
+    whole = distributed.ShardSampler(SequentialSampler(dataset), rank=0, world_size=2, even=False)
+    check(DataLoader(dataset, sampler=whole), "validation")
+    check(None, "validation")
