@@ -294,3 +294,14 @@ def test_loaders_without_a_share_per_process_are_refused(monkeypatch):
     whole = distributed.ShardSampler(SequentialSampler(dataset), rank=0, world_size=2, even=False)
     check(DataLoader(dataset, sampler=whole), "validation")
     check(None, "validation")
+
+
+def test_sync_batchnorm_on_cpus_is_refused_with_a_reason(monkeypatch):
+    from torso import create_model
+    from torso.learner import Learner
+    from torso.tasks import get_task
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    model = create_model("test_resnet", 2)
+    with pytest.raises(TorsoError, match="SyncBatchNorm does not run on CPUs"):
+        Learner(model, task=get_task("classify"), device="cpu", sync_batchnorm=True)

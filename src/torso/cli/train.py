@@ -301,7 +301,8 @@ def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
     config["resize"] = getattr(dls, "resize", "squish")
     model = task.build_model(config, pretrained=pretrained)
     config["stats"] = _plain_stats(getattr(model[0], "stats", None))
-    valid = dls.valid if len(dls.valid) > 0 else None
+    # The whole validation set decides (under torchrun a process's share may be empty).
+    valid = dls.valid if len(dls.valid.dataset) > 0 else None
     precision = None if args.mixed_precision == "auto" else args.mixed_precision
     return Learner(
         model,
@@ -414,7 +415,7 @@ def _train(args: argparse.Namespace) -> int:
     dls = load_training_data(args)
     callbacks = [] if args.quiet else [Progress()]
     callbacks.append(CSVLog())
-    if len(dls.valid) > 0:
+    if len(dls.valid.dataset) > 0:
         callbacks.append(SaveBest())
         if args.patience:
             callbacks.append(EarlyStopping(patience=args.patience))
