@@ -147,3 +147,13 @@ def test_unknown_backbone_suggests_close_names():
         create_body("resnt34")
     with pytest.raises(UnknownBackboneError, match="tv:"):
         create_body("tv:no_such_net")
+
+
+@pytest.mark.parametrize("name", ["test_convnext", "mobilenetv3_small_050", "test_vit"])
+def test_every_body_parameter_is_used(name):
+    # timm keeps parts of a removed head (ConvNeXt's head.norm, MobileNetV3's conv_head); a body
+    # must not carry parameters that never train (DDP would have to search for them each step).
+    body = create_body(name).eval()
+    torch.stack([m.sum() for m in body.features(torch.rand(1, 3, 64, 64))]).sum().backward()
+    unused = [n for n, p in body.named_parameters() if p.grad is None]
+    assert unused == []

@@ -92,6 +92,45 @@ class TimmBody(Body):
         self.model = model
         self.indices = indices
         self.tokens = tokens
+        self.dropped = self._drop_unused_modules()
+
+    def _drop_unused_modules(self) -> list[str]:
+        """Replace the modules the body never runs by `nn.Identity`; return their names.
+
+        A timm model without classifier still holds parts of its head, e.g. ConvNeXt's
+        `head.norm` or MobileNetV3's `conv_head`, which `forward_features` does not use. Left in,
+        they would never train and DDP would have to search for unused parameters every step.
+        One backward pass in eval mode (running statistics untouched) finds them.
+        """
+        was_training = self.training
+        self.eval()
+        size = max(
+            64, *getattr(self.model, "pretrained_cfg", {}).get("min_input_size", (0, 0, 0))[1:]
+        )
+        try:
+            maps = self.features(torch.zeros(1, self.in_channels, size, size))
+            torch.stack([m.float().sum() for m in maps]).sum().backward()
+            unused = {
+                name.rsplit(".", 1)[0]
+                for name, p in self.model.named_parameters()
+                if p.grad is None and "." in name
+            }
+            used = {
+                name.rsplit(".", 1)[0]
+                for name, p in self.model.named_parameters()
+                if p.grad is not None
+            }
+        finally:
+            for parameter in self.model.parameters():
+                parameter.grad = None
+            self.train(was_training)
+        dropped: list[str] = []
+        for path in sorted(unused - used, key=len):
+            if any(path.startswith(done + ".") for done in dropped):
+                continue
+            self.model.set_submodule(path, nn.Identity())
+            dropped.append(path)
+        return dropped
 
     @property
     def trunk(self) -> nn.Module:
