@@ -13,6 +13,16 @@ timed (validation is left out). Two settings, as in issue 4:
 
     .venv/bin/python benchmarks/train_speed.py                  # both settings
     .venv/bin/python benchmarks/train_speed.py --setting a --images 320 --epochs 3
+
+Measured on the 2-core development machine (2026-11-27) while other test suites ran beside it
+(load average 5-8), so absolute numbers are low and noisy:
+
+* `--images 200 --threads 1 --workers 0` (one thread, decoding in the training process):
+  (a) torso 21.7 img/s, plain loop 13.1, plain + channels_last 14.7, fastai 12.4 → torso 1.47x
+  the best plain loop, 1.74x fastai. (b) torso 24.6, plain 17.9, plain + channels_last 22.7,
+  fastai 16.8 → 1.08x and 1.47x.
+* `--images 320` (2 threads, 2 workers): every contender 3-8 img/s and epoch times varying 2x
+  within one contender: two threads on two busy cores mostly wait for each other.
 """
 
 from __future__ import annotations
