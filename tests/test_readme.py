@@ -1,4 +1,8 @@
-"""Every ```python example in README.md runs as written (in a folder with a small `photos/`)."""
+"""Every ```python example in README.md runs as written (in a folder with a small `photos/`).
+
+Examples that need what a test cannot give (several processes, downloaded weights) are fenced as
+```py instead, and are checked by the tests of their feature.
+"""
 
 import re
 from pathlib import Path

@@ -3,7 +3,8 @@
 >>> import torso
 >>> model = torso.create_model("resnet34", num_outputs=37)   # nn.Sequential(body, head)
 >>> body = model[0]; body.channels, body.reductions, body.stats
->>> model, config = torso.load("runs/pets")                  # a trained run, without pickle
+>>> learner = torso.load("runs/pets")                       # a trained run, without pickle
+>>> learner.predict(["cat.jpg"]); learner.model; learner.config
 
 The names below are imported on first use, so `import torso.data` or `torso check` do not pay
 for loading timm.
@@ -40,15 +41,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from torso.models import create_model, freeze, freeze_to, param_groups, unfreeze  # noqa: F401
 
 
-def load(path: Any):
-    """Rebuild a trained model from a run folder (or its `torso.json` / `model.safetensors`).
+def load(path: Any, *, device: Any = None):
+    """Rebuild a trained model from a run folder (or its `best/`), ready to predict.
 
-    Returns `(model, config)`: the `nn.Module` with its weights, in eval mode, and the config
-    dict saved with it (task, backbone, classes, size, stats, ...). Never unpickles.
+    Returns a data-less `Learner`: `.model` (the `nn.Module` with its weights), `.config` (task,
+    backbone, classes, size, stats, ... as saved in `torso.json`), `.predict(images)`. The
+    architecture is rebuilt from JSON and the weights read from safetensors: nothing is
+    unpickled. `torso.checkpoint.load_model(path)` gives `(model, config)` alone.
     """
-    from torso.checkpoint import load_model
+    from torso.api import load as load_learner
 
-    return load_model(path)
+    return load_learner(path, device=device)
 
 
 def __getattr__(name: str) -> Any:
