@@ -110,7 +110,7 @@ def test_task_loss_metrics_and_description():
         task.build_model({"backbone": "test_resnet", "num_outputs": 3})
 
 
-def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path):
+def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, capsys):
     from torso.checkpoint import load_model, make_config, save_model
     from torso.data import load_data
     from torso.data.datasets import PairDataset
@@ -146,6 +146,16 @@ def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path):
     assert not same and probability >= 0.5
     with pytest.raises(TorsoError, match="missing.png"):
         predict_pair(loaded, loaded_config, red / "0.png", red / "missing.png")
+
+    # The same from the command line: `torso predict RUN --pair A B`.
+    from torso.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--pair", str(red / "2.png"), str(red / "3.png")]) == 0
+    assert capsys.readouterr().out.startswith("same (probability")
+    assert main(["predict", str(folder), "--pair", str(red / "2.png"), str(blue / "3.png")]) == 0
+    assert capsys.readouterr().out.startswith("different (probability")
+    assert main(["predict", str(folder), str(red / "2.png")]) == 2
 
 
 def test_torso_train_task_siamese_writes_a_loadable_pair_model(tmp_path):

@@ -23,7 +23,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("run", help="folder with torso.json and model.safetensors")
-    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("images", nargs="*", help="image files or folders of images")
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        help="Siamese run: whether images A and B show the same thing, with its probability",
+    )
     parser.add_argument(
         "--out",
         help="CSV file to write (default: print to the screen); for a segmentation run, the "
@@ -60,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
     folder = Path(args.run) / "best" if args.best else Path(args.run)
     learner = load(folder, device=args.device)
+    if learner.task.name == "siamese" or args.pair:
+        return predict_pair(learner, args)
+    if not args.images:
+        raise TorsoError("give the images to predict: files or folders")
     paths = image_paths(args.images)
     if learner.task.name == "segment":
         return predict_segmentation(learner, paths, args)
@@ -80,6 +90,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(records)} predictions to {args.out}")
     else:
         sys.stdout.write(buffer.getvalue())
+    return 0
+
+
+def predict_pair(learner, args: argparse.Namespace) -> int:
+    """`--pair A B` with a Siamese run: prints "same" or "different" and its probability."""
+    from torso.tasks.siamese import predict_pair as decide
+
+    if learner.task.name != "siamese":
+        raise TorsoError(f"--pair needs a Siamese run; '{args.run}' is a {learner.task.name} run")
+    if not args.pair or args.images:
+        raise TorsoError("a Siamese run compares two images: torso predict RUN --pair A B")
+    same, probability = decide(learner.model, learner.config, *args.pair)
+    verdict = "same" if same else "different"
+    print(f"{verdict} (probability {probability:.3f}): {args.pair[0]} vs {args.pair[1]}")
     return 0
 
 
