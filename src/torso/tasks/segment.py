@@ -205,31 +205,27 @@ def _original_size_mask(
     original `height`×`width` image (nearest). Parts of the image the model did not see (cut off
     by `resize="crop"`) get `ignore_index`."""
     size = mask.shape[-1]
-    if resize == "squish":
-        scaled = (height, width)
-        region = mask
-    else:
-        if resize == "crop":
-            scale = size / min(height, width)
-            scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
-        else:
-            scale = size / max(height, width)
-            scaled = (
-                max(1, min(size, round(height * scale))),
-                max(1, min(size, round(width * scale))),
-            )
+    if resize == "crop":
+        # The image was scaled so its short side is `size`, then its centre cut out (torchvision
+        # rounds the offsets): put the mask back in the middle, void around it.
+        scale = size / min(height, width)
+        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
+        top, left = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+        region = torch.full(scaled, ignore_index, dtype=mask.dtype)
+        region[top : top + size, left : left + size] = mask
+    elif resize == "pad":
+        # The image was scaled so its long side is `size`, then padded around: cut the pad off.
+        scale = size / max(height, width)
+        scaled = (
+            max(1, min(size, round(height * scale))),
+            max(1, min(size, round(width * scale))),
+        )
         top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
-        if resize == "pad":
-            region = mask[top : top + scaled[0], left : left + scaled[1]]
-        else:
-            # The crop took the centre of the scaled image; torchvision rounds its offsets.
-            top = int(round((scaled[0] - size) / 2.0))
-            left = int(round((scaled[1] - size) / 2.0))
-            region = torch.full(scaled, ignore_index, dtype=mask.dtype)
-            region[top : top + size, left : left + size] = mask
-    return F.interpolate(region[None, None].float(), size=(height, width), mode="nearest-exact")[
-        0, 0
-    ].to(torch.uint8)
+        region = mask[top : top + scaled[0], left : left + scaled[1]]
+    else:
+        region = mask
+    resized = F.interpolate(region[None, None].float(), size=(height, width), mode="nearest-exact")
+    return resized[0, 0].to(torch.uint8)
 
 
 @torch.no_grad()
