@@ -6,7 +6,10 @@ base_lr)` (one frozen epoch, then all groups with `slice(base_lr / 100, base_lr)
 weight decay 0.01, batches of `--batch-size`, images of `--size` px; each library's own
 presizing augmentation (fastai: `Resize(1.25 * size)` per item + `aug_transforms(size=size,
 min_scale=0.75)` per batch, as in the book; torso: `load_data`'s default `Augmentation`, the same
-settings) and each library's own loaders with their default workers.
+settings) and each library's own loaders with their default workers. The same call spreads
+the slice differently: fastai splits a timm model in two groups (body at `base_lr / 200`, head at
+`base_lr / 2`), torso in three (stem at `base_lr / 200`, the rest of the body at `base_lr / 20`,
+head at `base_lr / 2`; timm's `group_matcher`, rates spread geometrically as fastai's `slice`).
 
 The data: a class-balanced subset of Fashion-MNIST read from Debian's `dataset-fashion-mnist`
 files (`/usr/share/datasets/fashion-mnist/*.gz`): `--train-per-class` images of each class drawn
@@ -23,12 +26,14 @@ body tensor of fastai's model equals torso's.
 Measured for each library: accuracy by its own validation at the end of training, accuracy of
 its final model on one shared tensor of the validation images (resized once, bilinear, so
 preprocessing differences do not count), and wall time: setup (loaders and model), training
-(`fine_tune`, validation after each epoch included, as both do) and the total. `--rounds` runs
+(`fine_tune`, validation after each epoch included, as both do) and the total, and the CPU
+seconds of the process and its loader workers (steadier than wall time on a shared machine;
+`user + system`, all threads). `--rounds` runs
 the pair several times, alternating which library goes first; the table shows every run and the
 ratios torso / fastai of the medians. fastai rows need `pip install fastai`.
 
     python benchmarks/accuracy.py                          # the recipe of the README numbers
-    python benchmarks/accuracy.py --rounds 2 --epochs 2
+    python benchmarks/accuracy.py --libraries fastai torso --rounds 2   # fastai first
     python benchmarks/accuracy.py --libraries torso --train-per-class 50   # a quick look
 """
 
@@ -44,6 +49,7 @@ import struct
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,6 +250,8 @@ def write_fastai_weights(path: Path) -> None:
 
 
 def run_fastai(args, folder: Path, shared, weights: Path, expected: dict[str, torch.Tensor]):
+    # fastai's layers still use torch.jit.script, which newer torch versions warn about.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
     from fastai.callback.progress import ProgressCallback
     from fastai.metrics import accuracy
     from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, vision_learner
