@@ -180,3 +180,24 @@ def test_sigkilled_run_resumes_to_the_same_weights(data, tmp_path):
         ]
 
     assert len(rows(whole)) == 3 and rows(killed) == rows(whole)
+
+
+def test_compute_threads_leave_the_loader_workers_their_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from torso.cli.train import set_compute_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    try:
+        assert set_compute_threads(None, 2) == 6 == torch.get_num_threads()
+        assert set_compute_threads(None, 8) == 1  # never fewer than one
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this machine
+        assert set_compute_threads(None, 2) == 2
+        assert set_compute_threads(3, 2) == 3  # --threads wins
+    finally:
+        torch.set_num_threads(before)
