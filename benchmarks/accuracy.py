@@ -60,6 +60,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from torso.demo import FASHION_CLASSES
 from torso.errors import TorsoError
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
@@ -67,18 +68,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "valid": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-CLASSES = [
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle-boot",
-]
+CLASSES = FASHION_CLASSES  # the idx files' label order
 BACKBONE = "tf_efficientnet_lite0"
 PRESIZE = 1.25
 MIN_SCALE = 0.75
