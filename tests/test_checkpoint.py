@@ -27,15 +27,6 @@ from torso.errors import TorsoError
 from torso.tasks import get_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)

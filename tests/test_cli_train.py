@@ -22,15 +22,6 @@ from torso.cli import main
 TINY = ["--backbone", "test_resnet", "--size", "32", "--workers", "0", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_shape_folder(tmp_path_factory.mktemp("shapes"), per_class=12)

@@ -41,14 +41,6 @@ ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1"}
 VALID_IMAGES = 7  # of 36 with valid_pct=0.2: 4 for process 0 and 3 for process 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_shape_folder(tmp_path_factory.mktemp("shapes"), per_class=12)

@@ -29,16 +29,6 @@ from torso.errors import TorsoError
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (two threads on two shared cores are many times
-    slower when other tests run beside these)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def images(tmp_path) -> Path:
     """Seven random images (one in a subfolder, one JPEG) and `copy.png`, a copy of `0.png`."""

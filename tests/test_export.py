@@ -17,16 +17,6 @@ from torso.tasks import get_task
 onnxruntime = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two that wait on each other on a busy
-    machine; put the setting back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def saved_run(folder, task_name: str, num_outputs: int, size: int, **task_options):
     """A run folder with a random-weight model of `task_name` on `test_resnet`."""
     task = get_task(task_name, **task_options)

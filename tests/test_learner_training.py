@@ -25,15 +25,6 @@ from torso.lr_find import valley
 from torso.tasks import get_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_learner(task, make, train, valid, num_outputs, *, seed=0, **options):
     set_seed(seed)
     train_loader, valid_loader = loaders(make, train, valid)

@@ -25,16 +25,6 @@ VOID = 255
 CODES = ["background", "circle", "square"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two that wait on each other on a busy
-    machine; put the setting back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_shapes(root: Path, count: int, size: int = 40, seed: int = 0) -> Path:
     """`count` images with a red circle in the left half and a blue square in the right half at
     random heights and radii, their masks (0 background, 1 circle, 2 square) and codes.txt."""

@@ -25,16 +25,6 @@ COLOURS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (two threads on two shared cores are many times
-    slower when other tests run beside these)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_colour_classes(root: Path, per_class: int, size: int = 32, seed: int = 0) -> Path:
     """Folders of noisy images, one colour a class: `root/<colour>/<i>.png`."""
     rng = np.random.default_rng(seed)
