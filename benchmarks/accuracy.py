@@ -60,7 +60,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from torso.demo import FASHION_CLASSES
+from torso.data.demo import FASHION_CLASSES
 from torso.errors import TorsoError
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
@@ -180,9 +180,9 @@ def seed_everything(seed: int) -> None:
 # -- torso -------------------------------------------------------------------------------------
 def run_torso(args, folder: Path, shared) -> Result:
     from torso.data import load_data
-    from torso.learner import Learner
     from torso.models import create_model
     from torso.tasks import get_task
+    from torso.train.learner import Learner
 
     seed_everything(args.seed)
     cpu_start, start = cpu_seconds(), time.perf_counter()
@@ -211,7 +211,7 @@ def run_torso(args, folder: Path, shared) -> Result:
 
 def torso_start_weights() -> dict[str, torch.Tensor]:
     """The body state torso starts from (timm names, without torso's prefixes)."""
-    from torso.bodies import create_body
+    from torso.models.bodies import create_body
 
     body = create_body(BACKBONE, pretrained=True)
     return {_timm_name(k): v for k, v in body.state_dict().items()}
@@ -227,7 +227,7 @@ def write_fastai_weights(path: Path) -> None:
     import timm
     from safetensors.torch import save_file
 
-    from torso.bodies.packaged import packaged_state
+    from torso.models.bodies.packaged import packaged_state
 
     reference = timm.create_model(BACKBONE, pretrained=False)
     found = packaged_state(BACKBONE, reference)

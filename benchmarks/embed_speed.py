@@ -6,7 +6,8 @@ images and batches of `--batch-size`, average pooling:
 * model only: batches of [0, 1] images already in memory. torso's `Embedder` (body: normalise +
   timm `forward_features`; then mean pooling) against normalisation + timm's `forward_features`
   + mean on the same batches.
-* files to vectors: `--images` generated JPEGs. `torso.embed.embed_files` (a DataLoader reading
+* files to vectors: `--images` generated JPEGs. `torso.tools.embed.embed_files` (a DataLoader
+  reading
   and resizing images in worker processes, rows streamed into a memory-mapped .npy) against a
   plain loop that opens each file with PIL, resizes it, stacks a batch, normalises it and runs
   `forward_features` + mean, collecting the vectors in a list.
@@ -32,7 +33,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from torso.embed import embed_files, list_images, load_embedder
+from torso.tools.embed import embed_files, list_images, load_embedder
 
 
 def generate(folder: Path, count: int, width: int = 320, height: int = 240) -> None:

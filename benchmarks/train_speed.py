@@ -40,11 +40,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import torso
-from torso.callbacks import Callback
 from torso.data import load_data
 from torso.data.checks import default_workers
-from torso.learner import Learner, set_seed
 from torso.tasks import get_task
+from torso.train.callbacks import Callback
+from torso.train.learner import Learner, set_seed
 
 CLASSES = 4
 

@@ -24,8 +24,8 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from torso.bodies import create_body
-from torso.segmentation import DynamicUnet
+from torso.models.bodies import create_body
+from torso.models.segmentation import DynamicUnet
 
 
 @dataclass

@@ -17,10 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torso
-from torso.bodies import create_body
-from torso.learner import Learner
-from torso.segmentation import DynamicUnet
+from torso.models.bodies import create_body
+from torso.models.segmentation import DynamicUnet
 from torso.tasks import get_task
+from torso.train.learner import Learner
 
 
 def learnable_data(count: int, size: int, classes: int) -> TensorDataset:

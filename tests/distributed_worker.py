@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from torso import create_model, distributed
+from torso import create_model
 from torso.data import load_data
-from torso.learner import Learner, set_seed
 from torso.tasks import get_task
+from torso.train import distributed
+from torso.train.learner import Learner, set_seed
 
 PER_PROCESS_BATCH = 4
 SEED = 5
@@ -49,7 +50,7 @@ def build_learner(
     path: str, batch_size: int, out: Path | None, callbacks=(), **samplers
 ) -> Learner:
     """The same Learner for one process (no samplers) and for each of several processes."""
-    from torso.callbacks import CSVLog, SaveBest
+    from torso.train.callbacks import CSVLog, SaveBest
 
     set_seed(SEED)
     dls = data(path, batch_size, **samplers)

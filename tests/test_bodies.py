@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from torso.bodies import adapt_weight, auto_cut, create_body
 from torso.errors import TorsoError, UnknownBackboneError
+from torso.models.bodies import adapt_weight, auto_cut, create_body
 
 # name, channels per stage, reductions per stage: the published architectures' numbers.
 BACKBONES = [

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import torso
-from torso.api import load
-from torso.checkpoint import (
+from torso.errors import TorsoError
+from torso.predictor import load
+from torso.tasks import get_task
+from torso.train.checkpoint import (
     capture_rng,
     load_model,
     load_training_state,
@@ -23,8 +25,6 @@ from torso.checkpoint import (
     save_model,
     save_training_state,
 )
-from torso.errors import TorsoError
-from torso.tasks import get_task
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 
 import torso
 from torso.cli import main
-from torso.summary import summarize
+from torso.tools.summary import summarize
 
 
 def test_summary_resnet34_shows_the_shapes(capsys, monkeypatch):

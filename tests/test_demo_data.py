@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from torso.demo import (
+from torso.data.demo import (
     FASHION_CLASSES,
     HELD_OUT_ROWS,
     TILE,

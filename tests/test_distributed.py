@@ -31,10 +31,10 @@ from distributed_worker import PER_PROCESS_BATCH, build_learner
 from safetensors.torch import load_file
 from test_learner_shapes import write_shape_folder
 
-from torso import distributed
-from torso.callbacks.base import Callback
-from torso.checkpoint import load_training_state
 from torso.errors import TorsoError
+from torso.train import distributed
+from torso.train.callbacks.base import Callback
+from torso.train.checkpoint import load_training_state
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -228,8 +228,8 @@ def test_torso_train_under_torchrun_resumes_after_sigkill(data, tmp_path):
     assert rows[: len(before)] == before
 
     # The last epoch's metrics are those of the saved model over the whole validation set.
-    from torso.api import load
     from torso.data import load_data
+    from torso.predictor import load
 
     learner = load(run)
     valid = load_data(data, size=32, batch_size=4, num_workers=0, seed=3).valid
@@ -290,8 +290,8 @@ def test_loaders_without_a_share_per_process_are_refused(monkeypatch):
 
 def test_sync_batchnorm_on_cpus_is_refused_with_a_reason(monkeypatch):
     from torso import create_model
-    from torso.learner import Learner
     from torso.tasks import get_task
+    from torso.train.learner import Learner
 
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     model = create_model("test_resnet", 2)

@@ -13,9 +13,10 @@ import timm
 import torch
 from PIL import Image
 
-from torso import embed
 from torso.cli import main
-from torso.embed import (
+from torso.errors import TorsoError
+from torso.tools import embed
+from torso.tools.embed import (
     Embedder,
     check_same_model,
     embed_files,
@@ -24,7 +25,6 @@ from torso.embed import (
     read_index,
     search,
 )
-from torso.errors import TorsoError
 
 SIZE = 32
 
@@ -163,8 +163,8 @@ def test_bad_file_is_named_or_skipped_and_counted(images, tmp_path, capsys):
 
 
 def test_index_from_a_trained_run_uses_its_size_and_rebuilds_its_model(images, tmp_path, capsys):
-    from torso.checkpoint import make_config, save_model
     from torso.tasks import get_task
+    from torso.train.checkpoint import make_config, save_model
 
     task = get_task("classify")
     config = make_config(task, "test_resnet", 3, classes=["a", "b", "c"], size=48)

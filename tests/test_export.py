@@ -1,4 +1,4 @@
-"""`torso.export` and `torso export`: ONNX and TorchScript files that compute what PyTorch does."""
+"""`torso.tools.export` and `torso export`: ONNX and TorchScript files computing what PyTorch does."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from torso.checkpoint import make_config, save_model
 from torso.cli import main
 from torso.errors import TorsoError
-from torso.export import export_model, export_run
 from torso.tasks import get_task
+from torso.tools.export import export_model, export_run
+from torso.train.checkpoint import make_config, save_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

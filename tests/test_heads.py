@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from torso.heads import AdaptiveConcatPool2d, SigmoidRange, create_head
+from torso.models.heads import AdaptiveConcatPool2d, SigmoidRange, create_head
 
 
 def count(module):

@@ -11,15 +11,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torso
-from torso.callbacks import Callback
 from torso.errors import TorsoError
-from torso.learner import Learner, set_seed
-from torso.schedules import (
+from torso.tasks import get_task
+from torso.train.callbacks import Callback
+from torso.train.learner import Learner, set_seed
+from torso.train.schedules import (
     one_cycle_learning_rate,
     one_cycle_momentum,
     spread_learning_rate,
 )
-from torso.tasks import get_task
 
 
 @pytest.mark.parametrize(

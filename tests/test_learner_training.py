@@ -9,8 +9,10 @@ import pytest
 import torch
 from test_learner_shapes import colour_blobs, loaders, shapes, squares
 
-from torso.api import load
-from torso.callbacks import (
+from torso.errors import TorsoError
+from torso.predictor import load
+from torso.tasks import get_task
+from torso.train.callbacks import (
     CSVLog,
     EarlyStopping,
     Progress,
@@ -18,11 +20,9 @@ from torso.callbacks import (
     TensorBoard,
     tensorboard_available,
 )
-from torso.checkpoint import make_config
-from torso.errors import TorsoError
-from torso.learner import Learner, set_seed
-from torso.lr_find import valley
-from torso.tasks import get_task
+from torso.train.checkpoint import make_config
+from torso.train.learner import Learner, set_seed
+from torso.train.lr_find import valley
 
 
 def make_learner(task, make, train, valid, num_outputs, *, seed=0, **options):

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from torso.bodies import create_body
-from torso.bodies.packaged import packaged_file, packaged_state
+from torso.models.bodies import create_body
+from torso.models.bodies.packaged import packaged_file, packaged_state
 
 EGYPTIAN_CAT, TIGER_CAT, TABBY, ESPRESSO = 285, 282, 281, 967
 

@@ -1,4 +1,4 @@
-"""torso.report: every plot is a PNG a person can open, and report.html stands alone."""
+"""torso.tools.plots: every plot is a PNG a person can open, and report.html stands alone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from torso.errors import TorsoError
-from torso.report import (
+from torso.tools.plots import (
     VOID,
     mask_to_image,
     palette,

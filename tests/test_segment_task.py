@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from torso.checkpoint import load_model, make_config, save_model
 from torso.cli import main
 from torso.errors import TorsoError
-from torso.segmentation import DynamicUnet
+from torso.models.segmentation import DynamicUnet
 from torso.tasks import get_task
 from torso.tasks.segment import SegmentTask, soft_dice_loss
+from torso.train.checkpoint import load_model, make_config, save_model
 
 VOID = 255
 CODES = ["background", "circle", "square"]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from torso.bodies import create_body
 from torso.errors import TorsoError
 from torso.models import count_parameters, freeze, param_groups
-from torso.segmentation import DynamicUnet, UnetDecoder
-from torso.segmentation.dynamic_unet import skip_stages
-from torso.segmentation.layers import PixelShuffleUpsample, SelfAttention
+from torso.models.bodies import create_body
+from torso.models.segmentation import DynamicUnet, UnetDecoder
+from torso.models.segmentation.dynamic_unet import skip_stages
+from torso.models.segmentation.layers import PixelShuffleUpsample, SelfAttention
 
 
 @pytest.fixture(scope="module")

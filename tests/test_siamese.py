@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from torso.bodies import Body
 from torso.errors import TorsoError
 from torso.models import count_parameters, freeze, param_groups
-from torso.siamese import SiameseModel, create_siamese_model
+from torso.models.bodies import Body
+from torso.models.siamese import SiameseModel, create_siamese_model
 from torso.tasks import get_task
 from torso.tasks.siamese import SiameseTask, predict_pair
 
@@ -101,10 +101,10 @@ def test_task_loss_metrics_and_description():
 
 
 def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, capsys):
-    from torso.checkpoint import load_model, make_config, save_model
     from torso.data import load_data
     from torso.data.datasets import PairDataset
-    from torso.learner import Learner, set_seed
+    from torso.train.checkpoint import load_model, make_config, save_model
+    from torso.train.learner import Learner, set_seed
 
     data = make_colour_classes(tmp_path / "colours", per_class=40)
     set_seed(0)
@@ -149,8 +149,8 @@ def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, c
 
 
 def test_torso_train_task_siamese_writes_a_loadable_pair_model(tmp_path):
-    from torso.checkpoint import load_model
     from torso.cli import main
+    from torso.train.checkpoint import load_model
 
     data = make_colour_classes(tmp_path / "colours", per_class=8)
     out = tmp_path / "run"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from torso.errors import TorsoError
-from torso.segmentation import UNet2015, unet2015_output_size, unet2015_valid_sizes
+from torso.models.segmentation import UNet2015, unet2015_output_size, unet2015_valid_sizes
 
 
 def count(module: nn.Module) -> int:

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from torso.bodies import create_body
 from torso.errors import TorsoError, WeightsUnavailableError
+from torso.models.bodies import create_body
 
 
 @pytest.fixture

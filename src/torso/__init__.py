@@ -15,30 +15,30 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from torso.version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
-    "Body": "torso.bodies",
-    "create_body": "torso.bodies",
-    "create_head": "torso.heads",
+    "Body": "torso.models.bodies",
+    "create_body": "torso.models.bodies",
+    "create_head": "torso.models.heads",
     "create_model": "torso.models",
     "freeze": "torso.models",
     "freeze_to": "torso.models",
     "param_groups": "torso.models",
     "unfreeze": "torso.models",
-    "Learner": "torso.learner",
+    "Learner": "torso.train.learner",
     "load_data": "torso.data",
 }
 
 __all__ = ["__version__", "load", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torso.bodies import Body, create_body  # noqa: F401
     from torso.data import load_data  # noqa: F401
-    from torso.heads import create_head  # noqa: F401
-    from torso.learner import Learner  # noqa: F401
     from torso.models import create_model, freeze, freeze_to, param_groups, unfreeze  # noqa: F401
+    from torso.models.bodies import Body, create_body  # noqa: F401
+    from torso.models.heads import create_head  # noqa: F401
+    from torso.train.learner import Learner  # noqa: F401
 
 
 def load(path: Any, *, device: Any = None):
@@ -47,9 +47,9 @@ def load(path: Any, *, device: Any = None):
     Returns a data-less `Learner`: `.model` (the `nn.Module` with its weights), `.config` (task,
     backbone, classes, size, stats, ... as saved in `torso.json`), `.predict(images)`. The
     architecture is rebuilt from JSON and the weights read from safetensors: nothing is
-    unpickled. `torso.checkpoint.load_model(path)` gives `(model, config)` alone.
+    unpickled. `torso.train.checkpoint.load_model(path)` gives `(model, config)` alone.
     """
-    from torso.api import load as load_learner
+    from torso.predictor import load as load_learner
 
     return load_learner(path, device=device)
 

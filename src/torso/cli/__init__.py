@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `torso` parser with every command's subparser."""
-    from torso import __version__
+    from torso.version import __version__
 
     parser = _Parser(
         prog="torso",

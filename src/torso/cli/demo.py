@@ -57,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from torso.cli import main
-    from torso.demo import write_fashion_mnist, write_nuclei
+    from torso.data.demo import write_fashion_mnist, write_nuclei
     from torso.errors import TorsoError
 
     recipe = RECIPES[args.task]

@@ -1,7 +1,7 @@
 """`torso embed (RUN | BACKBONE) IMAGES... --out FILE`: pooled body features of image files.
 
 Writes `FILE.npy` (float32, one row an image) with `FILE.json` beside it (file names and the
-model's identity), or `FILE.parquet` when pyarrow is installed. See `torso.embed`.
+model's identity), or `FILE.parquet` when pyarrow is installed. See `torso.tools.embed`.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from torso.embed import BadImageError, embed_files, list_images, load_embedder
+    from torso.tools.embed import BadImageError, embed_files, list_images, load_embedder
 
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")

@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from torso.errors import TorsoError
-    from torso.export import export_run
+    from torso.tools.export import export_run
 
     size = None
     if args.size is not None:

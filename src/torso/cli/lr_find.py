@@ -36,8 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torso.learner import set_seed
     from torso.tasks import get_task
+    from torso.train.learner import set_seed
 
     if args.num_it < 10:
         raise TorsoError(f"--num-it must be at least 10, got {args.num_it}")

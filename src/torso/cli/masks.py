@@ -28,7 +28,7 @@ def overlay_image(image: Image.Image, mask: np.ndarray, num_classes: int) -> Ima
 
     mask: class ids `(H, W)` at the image's size, 255 for void.
     """
-    from torso.report import VOID, palette
+    from torso.tools.plots import VOID, palette
 
     picture = np.asarray(image.convert("RGB"), dtype=np.float32)
     colours = palette(num_classes).astype(np.float32)
@@ -62,11 +62,11 @@ def write_mask_predictions(
 ) -> Path:
     """Predict `paths` with a segmentation model and write masks, overlays and the CSV into the
     folder `out`; returns the CSV's path."""
-    from torso.checkpoint import atomic_write
     from torso.data.decode import read_pil
     from torso.errors import TorsoError
-    from torso.report import mask_to_image
     from torso.tasks.segment import predict_masks
+    from torso.tools.plots import mask_to_image
+    from torso.train.checkpoint import atomic_write
 
     folder = Path(out)
     if folder.exists() and not folder.is_dir():

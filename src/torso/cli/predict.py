@@ -62,7 +62,7 @@ def image_paths(inputs: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torso.api import load
+    from torso.predictor import load
 
     folder = Path(args.run) / "best" if args.best else Path(args.run)
     learner = load(folder, device=args.device)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     for path, record in zip(paths, records, strict=True):
         writer.writerow({"path": str(path), **record})
     if args.out:
-        from torso.checkpoint import atomic_write
+        from torso.train.checkpoint import atomic_write
 
         atomic_write(args.out, buffer.getvalue().encode())
         print(f"wrote {len(records)} predictions to {args.out}")

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def query_embedder(args: argparse.Namespace, index):
     """The model that embeds the query: `--model` if given, else the one the index names."""
-    from torso.embed import check_same_model, load_embedder
+    from torso.tools.embed import check_same_model, load_embedder
 
     made = index.identity
     if args.model is None and (args.weights or args.pretrained):
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from torso.embed import embed_query, read_index, search
+    from torso.tools.embed import embed_query, read_index, search
 
     index = read_index(args.index)
     if len(index.files) == 0:

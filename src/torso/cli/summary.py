@@ -45,9 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from torso.bodies import create_body
     from torso.models import create_model
-    from torso.summary import render, summarize, summarize_segmentation
+    from torso.models.bodies import create_body
+    from torso.tools.summary import render, summarize, summarize_segmentation
 
     for name in ("classes", "size", "in_channels"):
         if getattr(args, name) < 1:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.backbone, args.classes, in_channels=args.in_channels)
         summary = summarize(model, args.size)
     else:
-        from torso.segmentation import DynamicUnet
+        from torso.models.segmentation import DynamicUnet
 
         body = create_body(args.backbone, in_channels=args.in_channels)
         model = DynamicUnet(body, args.classes, decoder_width=args.decoder_width)

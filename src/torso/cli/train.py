@@ -5,8 +5,8 @@ The run folder (`--out`, default `runs/<data folder name>`) receives `model.safe
 `--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
 
 Under `torchrun --nproc-per-node N -m torso train ...` the same command trains with
-DistributedDataParallel (see `torso.distributed`): `--batch-size` is per process (the global batch
-is N times larger), only the main process writes the run folder and prints, and the report is
+DistributedDataParallel (see `torso.train.distributed`): `--batch-size` is per process (the
+global batch is N times larger), only the main process writes the run folder and prints, and the report is
 measured by the main process over the whole validation set.
 """
 
@@ -251,9 +251,9 @@ def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any data is read, on a missing data folder or an unknown backbone."""
     import timm
 
-    from torso.bodies.create import unknown_backbone_message
-    from torso.bodies.torchvision_body import torchvision_names
     from torso.errors import UnknownBackboneError
+    from torso.models.bodies.create import unknown_backbone_message
+    from torso.models.bodies.torchvision_body import torchvision_names
 
     if not Path(args.data).exists():
         raise TorsoError(f"data folder '{args.data}' does not exist")
@@ -270,8 +270,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 def load_training_data(args: argparse.Namespace):
     """`torso.data.load_data` with the command line's options (this process's share of the data
     under torchrun)."""
-    from torso import distributed
     from torso.data import load_data
+    from torso.train import distributed
 
     samplers = distributed.shard_samplers(args.seed) if distributed.is_distributed() else {}
 
@@ -319,8 +319,8 @@ def set_compute_threads(requested: int | None, loader_workers: int) -> int:
 
 def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
     """The model (built by the task from a fresh config) and its Learner."""
-    from torso.checkpoint import make_config
-    from torso.learner import Learner
+    from torso.train.checkpoint import make_config
+    from torso.train.learner import Learner
 
     config = make_config(
         task,
@@ -392,7 +392,7 @@ def default_run_folder(data: str) -> Path:
 
 # -- the command ------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from torso import distributed
+    from torso.train import distributed
 
     # Under torchrun: join the other processes; any failure ends this one promptly.
     distributed.setup(args.device, timeout=getattr(args, "dist_timeout", 600.0))
@@ -404,10 +404,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from torso import distributed
-    from torso.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
-    from torso.learner import set_seed
     from torso.tasks import get_task
+    from torso.train import distributed
+    from torso.train.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
+    from torso.train.learner import set_seed
 
     if args.resume is not None:
         out = Path(args.out if args.resume is True else args.resume)
@@ -484,7 +484,7 @@ def _train(args: argparse.Namespace) -> int:
     if learner.valid_loader is not None and distributed.is_distributed():
         # The report's plots need every validation image: measure them all here.
         learner.valid_loader = whole_validation_loader(dls.valid)
-    from torso.run_report import write_run_report
+    from torso.tools.report import write_run_report
 
     report = write_run_report(learner, out, title=f"torso train {args.data}", lr_curve=lr_curve)
     final = learner.history[-1] if learner.history else {}

@@ -2,8 +2,8 @@
 
 Batches are `(images (N, C, H, W), masks int64 (N, H, W))` (`torso.data.load_data(path,
 task="segment")`); mask pixels equal to `ignore_index` (255, "void") count for nothing. The model
-is `torso.segmentation.DynamicUnet(body, num_classes)`, whose outputs are class scores (logits)
-`(N, num_classes, H, W)` at the image's size.
+is `torso.models.segmentation.DynamicUnet(body, num_classes)`, whose outputs are class scores
+(logits) `(N, num_classes, H, W)` at the image's size.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class SegmentTask(Task):
 
     def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
         """`DynamicUnet(create_body(backbone), num_outputs, ...)` from a `torso.json` config."""
-        from torso.bodies import create_body
-        from torso.segmentation import DynamicUnet
+        from torso.models.bodies import create_body
+        from torso.models.segmentation import DynamicUnet
 
         body = create_body(
             config["backbone"],
@@ -240,7 +240,7 @@ def predict_masks(
 ) -> list[torch.Tensor]:
     """The predicted class mask of each image file, uint8 `(H, W)` at the file's own size.
 
-    model: a segmentation model (`torso.checkpoint.load_model` of a run trained with task
+    model: a segmentation model (`torso.train.checkpoint.load_model` of a run trained with task
     segment); config: its `torso.json` (gives `size`, `in_channels`, `resize`). Each image is
     read as validation reads it, resized to the model's size; the predicted mask is resized back
     to the image's size (nearest). With `tta` the class probabilities are averaged with those of

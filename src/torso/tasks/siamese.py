@@ -2,7 +2,7 @@
 
 Batches are `((images_a, images_b), targets)` with targets int64 `(N,)`, 1 = same, 0 = different
 (`torso.data.load_data(path, task="siamese")`); outputs are logits `(N, 2)` of a
-`torso.siamese.SiameseModel`.
+`torso.models.siamese.SiameseModel`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class SiameseTask(Task):
 
     def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
         """A `SiameseModel`: the backbone's body, shared, and `create_head(2 * C, 2)`."""
-        from torso.siamese import create_siamese_model
+        from torso.models.siamese import create_siamese_model
 
         num_outputs = int(config.get("num_outputs", 2))
         if num_outputs != 2:
@@ -105,7 +105,7 @@ def predict_pair(
 ) -> tuple[bool, float]:
     """Whether two image files show the same thing, and the probability of that verdict.
 
-    model: a Siamese model (`torso.checkpoint.load_model` of a run trained with task siamese);
+    model: a Siamese model (`torso.train.checkpoint.load_model` of a run trained with task siamese);
     config: its `torso.json` (gives `size`, `in_channels`, `resize`). Both images are read as
     validation reads them. Returns `(same, probability)`: `(True, P(same))` or
     `(False, P(different))`. A file that cannot be read raises `TorsoError` naming it.

@@ -1,0 +1,360 @@
+"""Export a saved model to ONNX or TorchScript, checked against PyTorch before it is kept.
+
+The exported graph takes what the PyTorch model takes: float32 images `(N, C, H, W)` with values
+in [0, 1]. Normalisation with the body's mean and std is part of the model, so a consumer only
+scales pixels to [0, 1]. Next to the exported file goes a JSON description (classes, input
+size, channels, stats, task, what the output means, the measured difference from PyTorch), e.g.
+`model.onnx` + `model.json`.
+
+    result = export_run("runs/pets", format="onnx")    # runs/pets/model.onnx + model.json
+    print(result.max_abs_diff)                         # e.g. 4.8e-07
+
+Every export is run once on random inputs (onnxruntime for ONNX, `torch.jit.load` for
+TorchScript) and its outputs compared with the PyTorch model's; a difference above `tolerance`
+raises `TorsoError` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torso.errors import TorsoError
+from torso.train.checkpoint import atomic_write, load_model
+
+#: Format name → default file name in the run folder.
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+TOLERANCE = 1e-4
+ONNX_OPSET = 17
+#: What the output of each task's model is, for the JSON description.
+OUTPUTS = {
+    "classify": ("class scores (logits) (N, K); softmax gives probabilities", "softmax"),
+    "multilabel": ("label scores (logits) (N, K); sigmoid gives probabilities", "sigmoid"),
+    "regress": ("values (N, T)", None),
+    "segment": ("class scores (logits) per pixel (N, K, H, W); softmax over K", "softmax"),
+    "siamese": (
+        "scores (logits) (N, 2) for (different, same); softmax gives probabilities",
+        "softmax",
+    ),
+}
+
+
+class ExportMismatchError(TorsoError):
+    """The exported model's outputs differ from PyTorch's by more than the tolerance."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote and measured.
+
+    `path`: the exported model; `description`: its JSON sidecar; `max_abs_diff`: the largest
+    absolute difference between its outputs and PyTorch's over the checked inputs (None when
+    not verified); `checked_shapes`: the input shapes it was run on.
+    """
+
+    path: Path
+    description: Path
+    format: str
+    max_abs_diff: float | None
+    checked_shapes: list[tuple[int, ...]]
+
+
+def input_names(config: dict[str, Any]) -> list[str]:
+    """Names of the graph's inputs: `["images"]`, or `["images_a", "images_b"]` for pairs."""
+    return ["images_a", "images_b"] if config.get("task") == "siamese" else ["images"]
+
+
+def image_size(config: dict[str, Any], size: int | tuple[int, int] | None) -> tuple[int, int]:
+    """`(height, width)` of the export's example input: `size` if given, else the trained size."""
+    chosen = size if size is not None else config.get("size")
+    if chosen is None:
+        raise TorsoError("the model's torso.json has no image size; give one with --size")
+    if isinstance(chosen, int):
+        chosen = (chosen, chosen)
+    height, width = (int(side) for side in chosen)
+    if height < 1 or width < 1:
+        raise TorsoError(f"--size must be positive, got {height}x{width}")
+    return height, width
+
+
+def _random_inputs(names: list[str], shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand(shape, generator=generator) for _ in names)
+
+
+def _check_shapes(
+    shape: tuple[int, int, int, int], dynamic: bool
+) -> list[tuple[int, int, int, int]]:
+    """The input shapes an export is verified on: the example's own (with fresh values), and
+    for a dynamic export a batch of 2 and a larger image too."""
+    batch, channels, height, width = shape
+    if not dynamic:
+        return [shape]
+    return [shape, (2, channels, height, width), (1, channels, height + 32, width + 32)]
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    # Tracing warns about every shape test in Python code, and the TorchScript-based tools
+    # about their deprecation: noise for someone exporting a model; the check below is what counts.
+    with warnings.catch_warnings():
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+def _to_onnx(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], dynamic: bool
+) -> bytes:
+    axes: dict[str, dict[int, str]] | None = None
+    if dynamic:
+        axes = {name: {0: "batch", 2: "height", 3: "width"} for name in names}
+        axes["outputs"] = {0: "batch"}
+    buffer = io.BytesIO()
+    try:
+        # The TorchScript-based exporter: the torch.export-based one needs onnxscript.
+        with _quiet_tracing():
+            torch.onnx.export(
+                model,
+                inputs,
+                buffer,
+                dynamo=False,
+                input_names=names,
+                output_names=["outputs"],
+                dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+            )
+    except Exception as error:  # the exporter raises many kinds; all mean "cannot export"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TorsoError(f"ONNX export failed for this model: {first}") from error
+    return buffer.getvalue()
+
+
+def _to_torchscript(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        with _quiet_tracing():
+            traced = torch.jit.trace(model, inputs, check_trace=False)
+            torch.jit.save(traced, buffer)
+    except Exception as error:  # tracing raises many kinds; all mean "cannot trace"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TorsoError(
+            f"TorchScript tracing (torch.jit.trace) failed for this model: {first}; "
+            "export it with --format onnx instead"
+        ) from error
+    return buffer.getvalue()
+
+
+def _runner(format: str, data: bytes, names: list[str]):
+    """A function running the exported model on a tuple of tensors, returning a tensor."""
+    if format == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise TorsoError(
+                "checking an ONNX export needs onnxruntime (pip install onnxruntime), "
+                "or skip the check with --no-verify"
+            ) from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # failures are reported by the check itself
+        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+        def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            feeds = {name: value.numpy() for name, value in zip(names, inputs, strict=True)}
+            return torch.from_numpy(session.run(None, feeds)[0])
+
+        return run
+    with _quiet_tracing():
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+
+    def run(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with torch.no_grad():
+            return loaded(*inputs)
+
+    return run
+
+
+def _verify(
+    model: nn.Module,
+    format: str,
+    data: bytes,
+    names: list[str],
+    shapes: list[tuple[int, ...]],
+) -> tuple[float, list[tuple[int, ...]]]:
+    run = _runner(format, data, names)
+    largest, checked = 0.0, []
+    for seed, shape in enumerate(shapes, start=1):
+        inputs = _random_inputs(names, shape, seed)
+        try:
+            with torch.no_grad():
+                expected = model(*inputs).float()
+        except (RuntimeError, ValueError, AssertionError, TorsoError):
+            if seed == 1:
+                raise
+            continue  # the PyTorch model itself does not take this extra size: nothing to compare
+        try:
+            produced = run(inputs).float()
+        except Exception as error:  # onnxruntime raises its own exception types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            hint = "; export without --dynamic for a fixed input shape" if seed > 1 else ""
+            raise ExportMismatchError(
+                f"the exported {format} model fails on an input of shape {shape}: {reason}{hint}"
+            ) from error
+        if produced.shape != expected.shape:
+            raise ExportMismatchError(
+                f"the exported {format} model gives outputs of shape {tuple(produced.shape)} for "
+                f"an input of shape {shape}; PyTorch gives {tuple(expected.shape)}"
+            )
+        largest = max(largest, float((produced - expected).abs().max()))
+        checked.append(shape)
+    return largest, checked
+
+
+def describe_export(
+    config: dict[str, Any],
+    format: str,
+    shape: tuple[int, ...],
+    *,
+    dynamic: bool,
+    max_abs_diff: float | None,
+    file_name: str,
+) -> dict[str, Any]:
+    """The JSON sidecar: what to feed the exported model and what comes out."""
+    from torso.version import __version__
+
+    task = config.get("task")
+    meaning, activation = OUTPUTS.get(task, ("model outputs", None))
+    description: dict[str, Any] = {
+        "format": format,
+        "file": file_name,
+        "task": task,
+        "backbone": config.get("backbone"),
+        "classes": config.get("classes"),
+        "num_outputs": config.get("num_outputs"),
+        "inputs": input_names(config),
+        "input_shape": list(shape),
+        "input_range": [0.0, 1.0],
+        "input_dtype": "float32",
+        "size": list(shape[-2:]),
+        "in_channels": shape[1],
+        "resize": config.get("resize", "squish"),
+        "stats": config.get("stats"),
+        "normalisation": "inside the model: feed pixels scaled to [0, 1], not normalised",
+        "outputs": "outputs",
+        "output_meaning": meaning,
+        "activation": activation,
+        "dynamic": dynamic,
+        "max_abs_diff": max_abs_diff,
+        "torso_version": __version__,
+    }
+    if format == "onnx":
+        description["opset"] = ONNX_OPSET
+    if task == "segment":
+        description["ignore_index"] = (config.get("task_options") or {}).get("ignore_index", 255)
+    return description
+
+
+def export_model(
+    model: nn.Module,
+    config: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    size: int | tuple[int, int] | None = None,
+    dynamic: bool = False,
+    verify: bool = True,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Export `model` (described by its `torso.json` `config`) to `path` and check it.
+
+    The example input is `(1, in_channels, H, W)` float32 in [0, 1], `(H, W)` from `size` or the
+    trained size. `dynamic` (ONNX) leaves the batch, height and width free; it is then also
+    checked at batch 2 and at a 32-pixel larger size. With `verify`, the export is run on random
+    inputs and compared with `model`; a largest absolute difference above `tolerance` raises
+    `ExportMismatchError` and nothing is written. The JSON description goes to `path` with the
+    suffix `.json`.
+    """
+    if format not in FORMATS:
+        raise TorsoError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    path = Path(path)
+    description_path = path.with_suffix(".json")
+    if description_path == path:
+        raise TorsoError(f"'{path}': the export needs a name that does not end in .json")
+    model = model.eval().cpu().float()
+    names = input_names(config)
+    height, width = image_size(config, size)
+    shape = (1, int(config.get("in_channels", 3)), height, width)
+    example = _random_inputs(names, shape, seed=0)
+    try:
+        with torch.no_grad():
+            model(*example)
+    except TorsoError as error:
+        raise TorsoError(f"the model cannot take a {height}x{width} input: {error}") from None
+    if format == "onnx":
+        data = _to_onnx(model, example, names, dynamic)
+    else:
+        data = _to_torchscript(model, example)
+    difference, checked = None, []
+    if verify:
+        difference, checked = _verify(model, format, data, names, _check_shapes(shape, dynamic))
+        if difference > tolerance:
+            raise ExportMismatchError(
+                f"the exported {format} model's outputs differ from PyTorch's by up to "
+                f"{difference:.3g} (tolerance {tolerance:g}); nothing written"
+            )
+    atomic_write(path, data)
+    description = describe_export(
+        config,
+        format,
+        shape,
+        dynamic=dynamic,
+        max_abs_diff=difference,
+        file_name=path.name,
+    )
+    atomic_write(description_path, (json.dumps(description, indent=2) + "\n").encode())
+    return ExportResult(path, description_path, format, difference, checked)
+
+
+def export_run(
+    run: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    out: str | os.PathLike | None = None,
+    size: int | tuple[int, int] | None = None,
+    dynamic: bool = False,
+    verify: bool = True,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Export the model saved in `run` (a folder with `torso.json` + `model.safetensors`).
+
+    `out` defaults to `run/model.onnx` or `run/model.torchscript.pt`. See `export_model`.
+    """
+    if format not in FORMATS:
+        raise TorsoError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    model, config = load_model(run)
+    folder = Path(run)
+    if folder.is_file():
+        folder = folder.parent
+    target = Path(out) if out is not None else folder / FORMATS[format]
+    return export_model(
+        model,
+        config,
+        target,
+        format=format,
+        size=size,
+        dynamic=dynamic,
+        verify=verify,
+        tolerance=tolerance,
+    )

@@ -1,0 +1,1 @@
+"""Training: the Learner (the loop), its callbacks, schedules, checkpoints and DDP."""

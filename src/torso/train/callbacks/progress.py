@@ -1,0 +1,124 @@
+"""Progress display: epoch, batch, loss, metrics and time left.
+
+On a terminal it draws a rich progress bar per epoch and a table row per finished epoch; when
+the output is a file or a pipe (logs, CI) it prints one plain line per epoch instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, TYPE_CHECKING
+
+import torch
+
+from torso.train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from torso.train.learner import Learner
+
+
+def format_seconds(seconds: float) -> str:
+    """`75.2` → `'1:15'`, `3725` → `'1:02:05'`."""
+    seconds = int(round(max(seconds, 0)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def format_row(row: dict[str, float]) -> str:
+    """An epoch's row as `epoch 2/5  train_loss 0.4123  ...` on one line."""
+    parts = []
+    for key, value in row.items():
+        if key == "epoch":
+            continue
+        if key == "time":
+            parts.append(f"time {format_seconds(value)}")
+        elif key == "lr":
+            parts.append(f"lr {value:.2e}")
+        else:
+            parts.append(f"{key} {value:.4f}")
+    return "  ".join(parts)
+
+
+class Progress(Callback):
+    """Shows training progress on `stream` (default stdout).
+
+    Args:
+        stream: where to write.
+        rich_display: force (True) or forbid (False) the rich display; by default it is used only
+            when `stream` is a terminal.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, rich_display: bool | None = None) -> None:
+        self.stream = stream
+        self.rich_display = rich_display
+        self._progress = None
+        self._task_id = None
+        self._started = 0.0
+        self._shown = 0.0
+        self._epochs_done_here = 0
+
+    def _output(self) -> IO[str]:
+        return self.stream or sys.stdout
+
+    def on_train_start(self, learner: Learner) -> None:
+        use_rich = self.rich_display
+        if use_rich is None:
+            use_rich = getattr(self._output(), "isatty", lambda: False)()
+        self._started = time.perf_counter()
+        self._epochs_done_here = 0
+        if use_rich:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            console = Console(file=self._output())
+            self._progress = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._progress.start()
+
+    def on_epoch_start(self, learner: Learner) -> None:
+        if self._progress is not None:
+            description = f"epoch {learner.epoch + 1}/{learner.total_epochs}"
+            if self._task_id is not None:
+                self._progress.remove_task(self._task_id)
+            self._task_id = self._progress.add_task(
+                description, total=learner.num_batches, status=""
+            )
+
+    def on_batch_end(self, learner: Learner, loss: torch.Tensor) -> None:
+        if self._progress is not None and self._task_id is not None:
+            # Reading the loss waits for the device: refresh the number a few times a second.
+            now = time.perf_counter()
+            if now - self._shown >= 0.25 or learner.batch_index + 1 == learner.num_batches:
+                self._shown = now
+                self._progress.update(self._task_id, advance=1, status=f"loss {float(loss):.4f}")
+            else:
+                self._progress.update(self._task_id, advance=1)
+
+    def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
+        self._epochs_done_here += 1
+        remaining = learner.total_epochs - learner.epoch - 1
+        elapsed = time.perf_counter() - self._started
+        left = elapsed / self._epochs_done_here * remaining
+        line = f"epoch {int(row['epoch'])}/{learner.total_epochs}  {format_row(row)}"
+        if remaining > 0:
+            line += f"  left {format_seconds(left)}"
+        if self._progress is not None:
+            self._progress.console.print(line)
+        else:
+            print(line, file=self._output(), flush=True)
+
+    def on_train_end(self, learner: Learner) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task_id = None
