@@ -1,4 +1,4 @@
-"""`torso.tools.export` and `torso export`: ONNX and TorchScript files computing what PyTorch does."""
+"""`torso.tools.export` and `torso export`: ONNX and TorchScript files that match PyTorch."""
 
 from __future__ import annotations
 

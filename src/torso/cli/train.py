@@ -6,8 +6,8 @@ The run folder (`--out`, default `runs/<data folder name>`) receives `model.safe
 
 Under `torchrun --nproc-per-node N -m torso train ...` the same command trains with
 DistributedDataParallel (see `torso.train.distributed`): `--batch-size` is per process (the
-global batch is N times larger), only the main process writes the run folder and prints, and the report is
-measured by the main process over the whole validation set.
+global batch is N times larger), only the main process writes the run folder and prints, and
+the report is measured by the main process over the whole validation set.
 """
 
 from __future__ import annotations
