@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+from data_builders import make_class_folders, make_segmentation, noise_image
 from PIL import Image
-from test_data_helpers import make_class_folders, make_segmentation, noise_image
 
 from torso.cli import main
 from torso.data import DataCheckError, check_data, load_data
