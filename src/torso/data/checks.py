@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import statistics
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from torso.data.decode import failure_reason, mask_to_array
+from torso.data.decode import ImageReadError, converted, decode_image, mask_to_array
 from torso.data.sources import Item, Problem, Source, find_source, split_items
 from torso.errors import TorsoError
 
 DEFAULT_MIN_IMAGE_SIZE = 16
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
 
 
 @dataclass
@@ -119,16 +115,8 @@ class DataReport:
         return "\n".join(lines)
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
-    try:
-        orientation = image.getexif().get(0x0112)
-    except Exception:  # a broken EXIF block does not make the pixels unreadable
-        orientation = None
-    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
-
-
 def _inspect_image(item: Item, min_image_size: int) -> _FileResult:
+    """Read and decode the image of `item` as training does; a bad file becomes a problem."""
     result = _FileResult(item)
     path = item.path
     try:
@@ -141,18 +129,14 @@ def _inspect_image(item: Item, min_image_size: int) -> _FileResult:
         return result
     result.digest = hashlib.blake2b(data, digest_size=16).digest()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
-            result.mode = image.mode
-            result.size = _oriented_size(image)
-            if image.format == "JPEG":  # scaled DCT decoding still reads the whole stream
-                image.draft(None, (64, 64))
-            image.load()
-    except Exception as error:  # PIL raises many types for broken files; name the file, say why
-        result.problems.append(Problem(path, failure_reason(error)))
-        result.size = None
+        # The decoding training does, from a fresh open (scaled DCT still reads the whole JPEG
+        # stream), and the conversion every image gets.
+        decoded = decode_image(path, draft_size=(64, 64), data=data)
+        converted(decoded.image, 3, path)
+    except ImageReadError as error:
+        result.problems.append(Problem(path, error.reason))
         return result
+    result.mode, result.size = decoded.mode, decoded.size
     width, height = result.size
     if min(width, height) < min_image_size:
         result.problems.append(
@@ -167,21 +151,16 @@ def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: in
     item = result.item
     mask_path = Path(item.target)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if mask_path.stat().st_size == 0:
-                result.problems.append(Problem(mask_path, "empty mask file (0 bytes)"))
-                return
-            mask = Image.open(mask_path)
-            size = _oriented_size(mask)
-            mask.load()
-        values = mask_to_array(mask, mask_path)
+        decoded = decode_image(mask_path)  # as `read_mask` reads it for training
+    except ImageReadError as error:
+        result.problems.append(Problem(mask_path, "mask: " + error.reason))
+        return
+    try:
+        values = mask_to_array(decoded.image, mask_path)
     except TorsoError as error:
-        result.problems.append(Problem(mask_path, str(error).split(": ", 1)[-1]))
+        result.problems.append(Problem(mask_path, str(error)))
         return
-    except Exception as error:
-        result.problems.append(Problem(mask_path, "mask: " + failure_reason(error)))
-        return
+    size = decoded.size
     if result.size is not None and size != result.size:
         result.problems.append(
             Problem(
