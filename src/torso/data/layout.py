@@ -78,7 +78,9 @@ class ClassTargets(Targets):
     def names(self, target: object, classes: list[str] | None) -> list[str]:
         return [classes[target]]
 
-    def caption(self, target, classes, target_names) -> str:
+    def caption(
+        self, target: torch.Tensor, classes: list[str] | None, target_names: list[str] | None
+    ) -> str:
         return classes[int(target)]
 
 
@@ -93,7 +95,9 @@ class LabelTargets(Targets):
     def names(self, target: object, classes: list[str] | None) -> list[str]:
         return [classes[i] for i in target] or ["(no label)"]
 
-    def caption(self, target, classes, target_names) -> str:
+    def caption(
+        self, target: torch.Tensor, classes: list[str] | None, target_names: list[str] | None
+    ) -> str:
         names = [classes[i] for i in torch.nonzero(target).flatten().tolist()]
         return ", ".join(names) if names else "(none)"
 
@@ -101,13 +105,17 @@ class LabelTargets(Targets):
 class NumberTargets(Targets):
     """Numbers per item: float32 `(T,)` (a batch: `(N, T)`); no classes, one output a number."""
 
-    def outputs(self, source, mask_values, ignore_index) -> tuple[list[str] | None, int]:
+    def outputs(
+        self, source: Source, mask_values: list[int] | None, ignore_index: int
+    ) -> tuple[list[str] | None, int]:
         return None, len(source.target_names or [])
 
     def encode(self, target: object, mask: torch.Tensor | None, num_classes: int) -> torch.Tensor:
         return torch.tensor(target, dtype=torch.float32)
 
-    def caption(self, target, classes, target_names) -> str:
+    def caption(
+        self, target: torch.Tensor, classes: list[str] | None, target_names: list[str] | None
+    ) -> str:
         names = target_names or [str(i) for i in range(len(target))]
         return ", ".join(f"{n}={v:.3g}" for n, v in zip(names, target.tolist(), strict=False))
 
@@ -118,7 +126,9 @@ class MaskTargets(Targets):
 
     masks = True
 
-    def outputs(self, source, mask_values, ignore_index) -> tuple[list[str] | None, int]:
+    def outputs(
+        self, source: Source, mask_values: list[int] | None, ignore_index: int
+    ) -> tuple[list[str] | None, int]:
         """The codes given by the user, else `"0" ... "max value"` of the values in the masks."""
         if source.codes_given:
             classes = list(source.classes)
