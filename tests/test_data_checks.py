@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
-from test_data_helpers import make_class_folders, make_segmentation, noise_image
+from data_builders import make_class_folders, make_segmentation, noise_image
+from PIL import Image, ImageFile
 
 from torso.cli import main
-from torso.data import DataCheckError, check_data, load_data
+from torso.data import DataCheckError, check_data, load_data, read_image
+from torso.data import checks as checks_module
+from torso.errors import TorsoError
 
 
 def _reasons(report) -> dict[str, str]:
@@ -131,3 +134,61 @@ def test_cli_exit_codes(tmp_path, messy, capsys):
     seg = make_segmentation(tmp_path / "seg", count=3)
     assert main(["check", str(seg)]) == 0  # auto-detected as segmentation
     assert "mask pixels" in capsys.readouterr().out
+
+
+def _corrupt_idat(path, fix_crc: bool) -> None:
+    """Flip 16 bytes in the middle of the first IDAT chunk of a PNG; optionally make its CRC
+    right again (PIL does not check the CRC of image data, so both variants open fine)."""
+    data = bytearray(path.read_bytes())
+    position = 8  # after the PNG signature
+    while True:
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = bytes(data[position + 4 : position + 8])
+        if kind == b"IDAT":
+            break
+        position += 12 + length
+    start = position + 8
+    for i in range(start + length // 2, start + length // 2 + 16):
+        data[i] ^= 0xFF
+    if fix_crc:
+        crc = zlib.crc32(bytes(data[position + 4 : start + length]))
+        data[start + length : start + length + 4] = crc.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fix_crc", [False, True])
+def test_png_corrupt_inside_its_image_data_is_named(tmp_path, capsys, fix_crc):
+    root = make_class_folders(tmp_path / "png", {"x": 3, "y": 3}, size=(64, 64))
+    bad = root / "y" / "1.png"
+    _corrupt_idat(bad, fix_crc)
+    with pytest.raises(TorsoError, match="1.png"):
+        read_image(bad)  # what training does with it
+    report = check_data(root, num_workers=1)
+    assert [problem.file for problem in report.problems] == [bad]
+    assert "corrupt" in report.problems[0].reason
+    assert main(["check", str(root)]) == 1
+    assert str(bad) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error", [MemoryError, AttributeError])
+def test_errors_that_are_not_the_files_fault_propagate(tmp_path, monkeypatch, error):
+    root = make_class_folders(tmp_path / "fine", {"x": 2, "y": 2})
+
+    def broken_load(self):
+        raise error("not a decoding problem")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(error, match="not a decoding problem"):
+        check_data(root, num_workers=1)
+
+
+@pytest.mark.parametrize("error", [MemoryError, AttributeError])
+def test_errors_reading_a_mask_that_are_not_the_files_fault_propagate(tmp_path, monkeypatch, error):
+    root = make_segmentation(tmp_path / "seg", count=2)
+
+    def broken(image, path):
+        raise error("not a mask problem")
+
+    monkeypatch.setattr(checks_module, "mask_to_array", broken)
+    with pytest.raises(error, match="not a mask problem"):
+        check_data(root, task="segment", num_workers=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from data_builders import noise_image
 from PIL import Image
-from test_data_helpers import noise_image
 
 from torso.data import load_images, read_image, read_mask
 from torso.errors import TorsoError

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_builders import make_class_folders, make_segmentation, noise_image, write_csv
 from PIL import Image
-from test_data_helpers import make_class_folders, make_segmentation, noise_image, write_csv
 from torch.utils.data import DistributedSampler
 
 from torso.data import cache as cache_module

@@ -9,8 +9,21 @@ import sys
 from pathlib import Path
 
 from torso.errors import TorsoError
+from torso.registry import get_task, task_names
 
-TASK_CHOICES = ["auto", "classify", "multilabel", "regress", "segment", "siamese"]
+#: The task `--task auto` falls back on when no task's layout recognises the data.
+FALLBACK_TASK = "classify"
+
+
+class _TaskChoices:
+    """`auto` and the registered tasks, looked up only when `--task` is given (finding the task
+    modules imports them, which takes seconds)."""
+
+    def __contains__(self, name: object) -> bool:
+        return name == "auto" or name in task_names()
+
+    def __iter__(self):
+        return iter(["auto", *task_names()])
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,9 +40,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("data", help="data folder (or a CSV file of file names and labels)")
     parser.add_argument(
         "--task",
-        choices=TASK_CHOICES,
+        choices=_TaskChoices(),
         default="auto",
-        help="auto: segment when DATA has images/ and masks/, else classify (auto)",
+        metavar="TASK",
+        help="a task (classify, multilabel, regress, segment, siamese, ...) or auto: the task "
+        "whose layout DATA has (images/ and masks/: segment), else classify (auto)",
     )
     parser.add_argument("--csv", default=None, help="CSV of file names and labels, in DATA")
     parser.add_argument(
@@ -54,11 +69,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def detect_task(data: Path) -> str:
-    """`segment` when DATA (or DATA/train) holds images/ and masks/, else `classify`."""
-    for folder in (data, data / "train"):
-        if (folder / "images").is_dir() and (folder / "masks").is_dir():
-            return "segment"
-    return "classify"
+    """The first registered task whose data layout recognises the folder `data`
+    (`DataLayout.looks_like`), else `FALLBACK_TASK`."""
+    for name in task_names():
+        try:
+            looks_like = get_task(name).data_layout().looks_like
+        except (TorsoError, NotImplementedError):  # a task that needs options, or reads no data
+            continue
+        if looks_like is not None and looks_like(data):
+            return name
+    return FALLBACK_TASK
 
 
 def _codes(value: str | None, data: Path):
@@ -118,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         raise TorsoError("--workers must be at least 1")
     task = args.task
     if task == "auto":
-        task = "classify" if data.is_file() else detect_task(data)
+        task = FALLBACK_TASK if data.is_file() else detect_task(data)
     root = data.parent if data.is_file() else data
     with _progress_bar() as progress:
         report = check_data(

@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import statistics
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from torso.data.decode import failure_reason, mask_to_array
+from torso.data.decode import ImageReadError, converted, decode_image, mask_to_array
+from torso.data.layout import DataLayout, TaskWithData, task_layout
 from torso.data.sources import Item, Problem, Source, find_source, split_items
 from torso.errors import TorsoError
 
 DEFAULT_MIN_IMAGE_SIZE = 16
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
 
 
 @dataclass
@@ -41,8 +37,9 @@ class _FileResult:
 class DataReport:
     """What `check_data` found: a summary of the data and every problem with its file and reason.
 
-    `counts[split][name]` is the number of images per class (or label) and split; `modes` counts
-    image modes (`RGB`, `L`, `I;16`, ...); `sizes` are the (width, height) of every readable image;
+    `task` is the task's name; `counts[split][name]` is the number of images per class (or
+    label) and split; `modes` counts image modes (`RGB`, `L`, `I;16`, ...); `sizes` are the
+    (width, height) of every readable image; `masks` is True when items have masks, and
     `mask_pixels[value]` counts mask pixels per value over all masks.
     """
 
@@ -55,6 +52,7 @@ class DataReport:
     mask_pixels: Counter
     problems: list[Problem]
     ignore_index: int = 255
+    masks: bool = False
     train_items: list[Item] = field(default_factory=list, repr=False)
     valid_items: list[Item] = field(default_factory=list, repr=False)
 
@@ -77,7 +75,7 @@ class DataReport:
             if self.counts
             else "images: none"
         )
-        if self.classes is not None and self.task != "segment":
+        if self.classes is not None and not self.masks:
             width = max((len(name) for name in self.classes), default=5)
             splits = list(self.counts)
             lines.append(f"  {'class':<{width}}  " + "  ".join(f"{s:>6}" for s in splits))
@@ -119,16 +117,8 @@ class DataReport:
         return "\n".join(lines)
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
-    try:
-        orientation = image.getexif().get(0x0112)
-    except Exception:  # a broken EXIF block does not make the pixels unreadable
-        orientation = None
-    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
-
-
 def _inspect_image(item: Item, min_image_size: int) -> _FileResult:
+    """Read and decode the image of `item` as training does; a bad file becomes a problem."""
     result = _FileResult(item)
     path = item.path
     try:
@@ -141,18 +131,14 @@ def _inspect_image(item: Item, min_image_size: int) -> _FileResult:
         return result
     result.digest = hashlib.blake2b(data, digest_size=16).digest()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
-            result.mode = image.mode
-            result.size = _oriented_size(image)
-            if image.format == "JPEG":  # scaled DCT decoding still reads the whole stream
-                image.draft(None, (64, 64))
-            image.load()
-    except Exception as error:  # PIL raises many types for broken files; name the file, say why
-        result.problems.append(Problem(path, failure_reason(error)))
-        result.size = None
+        # The decoding training does, from a fresh open (scaled DCT still reads the whole JPEG
+        # stream), and the conversion every image gets.
+        decoded = decode_image(path, draft_size=(64, 64), data=data)
+        converted(decoded.image, 3, path)
+    except ImageReadError as error:
+        result.problems.append(Problem(path, error.reason))
         return result
+    result.mode, result.size = decoded.mode, decoded.size
     width, height = result.size
     if min(width, height) < min_image_size:
         result.problems.append(
@@ -167,21 +153,16 @@ def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: in
     item = result.item
     mask_path = Path(item.target)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if mask_path.stat().st_size == 0:
-                result.problems.append(Problem(mask_path, "empty mask file (0 bytes)"))
-                return
-            mask = Image.open(mask_path)
-            size = _oriented_size(mask)
-            mask.load()
-        values = mask_to_array(mask, mask_path)
+        decoded = decode_image(mask_path)  # as `read_mask` reads it for training
+    except ImageReadError as error:
+        result.problems.append(Problem(mask_path, "mask: " + error.reason))
+        return
+    try:
+        values = mask_to_array(decoded.image, mask_path)
     except TorsoError as error:
-        result.problems.append(Problem(mask_path, str(error).split(": ", 1)[-1]))
+        result.problems.append(Problem(mask_path, str(error)))
         return
-    except Exception as error:
-        result.problems.append(Problem(mask_path, "mask: " + failure_reason(error)))
-        return
+    size = decoded.size
     if result.size is not None and size != result.size:
         result.problems.append(
             Problem(
@@ -209,33 +190,31 @@ def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: in
             )
 
 
-def default_workers() -> int:
-    """Worker processes (or threads) to use by default: the cores this process may run on."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
-
-
 def inspect_items(
     source: Source,
+    layout: DataLayout,
     train: list[Item],
     valid: list[Item],
+    *,
+    task_name: str,
     min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
     ignore_index: int = 255,
     num_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DataReport:
-    """Read every image (and mask) of `train` and `valid` and build the report.
+    """Read every image (and mask, when `layout.targets.masks`) of `train` and `valid` and build
+    the report of task `task_name`, in `num_workers` threads (default: the usable cores).
 
     `progress(done, total)`, if given, is called as files are read.
     """
-    codes = source.classes if source.task == "segment" and source.codes_given else None
+    from torso.data.loaders import default_workers  # the loaders import this module
+
+    masks = layout.targets.masks
+    codes = source.classes if masks and source.codes_given else None
 
     def inspect(item: Item) -> _FileResult:
         result = _inspect_image(item, min_image_size)
-        if source.task == "segment":
+        if masks:
             _inspect_mask(result, codes, ignore_index)
         return result
 
@@ -261,7 +240,7 @@ def inspect_items(
             modes[result.mode] += 1
             sizes.append(result.size)
         mask_pixels.update(result.mask_values)
-        counts[split].update(_count_names(source, item))
+        counts[split].update(layout.targets.names(item.target, source.classes))
         if split == "train" and result.digest is not None:
             first_train_copy.setdefault(result.digest, item.path)
     for (item, split), result in zip(everything, results, strict=True):
@@ -272,7 +251,7 @@ def inspect_items(
             )
     return DataReport(
         root=source.root,
-        task=source.task,
+        task=task_name,
         classes=source.classes,
         counts=counts,
         modes=modes,
@@ -280,22 +259,15 @@ def inspect_items(
         mask_pixels=mask_pixels,
         problems=problems,
         ignore_index=ignore_index,
+        masks=masks,
         train_items=train,
         valid_items=valid,
     )
 
 
-def _count_names(source: Source, item: Item) -> list[str]:
-    if source.task in ("classify", "siamese"):
-        return [source.classes[item.target]]
-    if source.task == "multilabel":
-        return [source.classes[i] for i in item.target] or ["(no label)"]
-    return ["images"]
-
-
 def check_data(
     path: str | Path,
-    task: str = "classify",
+    task: str | TaskWithData = "classify",
     csv: str | Path | None = None,
     label_delimiter: str = " ",
     codes: list[str] | str | Path | None = None,
@@ -312,9 +284,21 @@ def check_data(
     non-image files, images smaller than `min_image_size`, missing masks, masks whose size differs
     from their image or whose values are not in the codes, empty class folders, and validation
     files identical to a training file. The split is the one `load_data` makes with the same
-    `valid_pct` and `seed`. `progress(done, total)` is called as files are read. Raises
-    `TorsoError` only when the data cannot be read at all.
+    `valid_pct` and `seed`. `task` is a registered task's name or a task object (its
+    `data_layout()` says how the data is read). `progress(done, total)` is called as files are
+    read. Raises `TorsoError` only when the data cannot be read at all.
     """
-    source = find_source(path, task=task, csv=csv, label_delimiter=label_delimiter, codes=codes)
+    task_name, layout = task_layout(task)
+    source = find_source(path, layout.read, csv=csv, label_delimiter=label_delimiter, codes=codes)
     train, valid = split_items(source.items, valid_pct=valid_pct, seed=seed)
-    return inspect_items(source, train, valid, min_image_size, ignore_index, num_workers, progress)
+    return inspect_items(
+        source,
+        layout,
+        train,
+        valid,
+        task_name=task_name,
+        min_image_size=min_image_size,
+        ignore_index=ignore_index,
+        num_workers=num_workers,
+        progress=progress,
+    )

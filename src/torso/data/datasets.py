@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from torso.data.cache import PresizeCache
 from torso.data.decode import read_image, read_mask
+from torso.data.layout import Targets
 from torso.data.sources import Item
 from torso.data.transforms import Augmentation, augment, resize_square, sample_generator
 from torso.errors import TorsoError
@@ -19,16 +20,18 @@ from torso.errors import TorsoError
 class ImageDataset(Dataset):
     """Items of one split as `(image uint8 (C, size, size), target)` samples.
 
-    Targets: classify int64 `()`; multilabel float32 `(num_classes,)` of 0/1; regress float32
-    `(T,)`; segment int64 `(size, size)`. With `augmentation` (training), images are presized to
-    `presize` and randomly augmented to `size`; without it they get only the deterministic resize.
-    `epoch` is set by the loader before each epoch.
+    `targets` (a `torso.data.layout.Targets`) encodes each item's target: e.g. int64 `()` class
+    indices, float32 `(num_classes,)` of 0/1, float32 `(T,)` numbers; when `targets.masks`,
+    each item's mask file is read and transformed with its image, int64 `(size, size)`.
+    With `augmentation` (training), images are presized to `presize` and randomly augmented to
+    `size`; without it they get only the deterministic resize. `epoch` is set by the loader
+    before each epoch.
     """
 
     def __init__(
         self,
         items: list[Item],
-        task: str,
+        targets: Targets,
         size: int,
         in_channels: int = 3,
         resize: str = "squish",
@@ -40,7 +43,7 @@ class ImageDataset(Dataset):
         cache: PresizeCache | None = None,
     ) -> None:
         self.items = list(items)
-        self.task = task
+        self.targets = targets
         self.size = size
         self.in_channels = in_channels
         self.resize = resize
@@ -63,13 +66,13 @@ class ImageDataset(Dataset):
                 return cached
         item = self.items[index]
         side = self.base_size
-        # Reduced-scale JPEG decoding only for augmented classification-style training: it changes
+        # Reduced-scale JPEG decoding only for augmented training without masks: it changes
         # pixels slightly (validation and prediction must match exactly) and the image size
         # (a mask must match its image).
-        draft = self.augmentation is not None and self.task != "segment"
+        draft = self.augmentation is not None and not self.targets.masks
         image = read_image(item.path, self.in_channels, draft_size=(side, side) if draft else None)
         mask = None
-        if self.task == "segment":
+        if self.targets.masks:
             values = read_mask(item.target)
             if values.shape != image.shape[-2:]:
                 raise TorsoError(
@@ -93,17 +96,8 @@ class ImageDataset(Dataset):
         return image, mask
 
     def target(self, index: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """The target tensor of item `index` (its mask already transformed for segment)."""
-        target = self.items[index].target
-        if self.task == "segment":
-            return mask[0].long()
-        if self.task == "multilabel":
-            encoded = torch.zeros(self.num_classes, dtype=torch.float32)
-            encoded[list(target)] = 1.0
-            return encoded
-        if self.task == "regress":
-            return torch.tensor(target, dtype=torch.float32)
-        return torch.tensor(target, dtype=torch.int64)
+        """The target tensor of item `index` (`mask`: its mask, already transformed)."""
+        return self.targets.encode(self.items[index].target, mask, self.num_classes)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.image(index, self.epoch)
@@ -111,7 +105,7 @@ class ImageDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """Same/different pairs for Siamese models, drawn from a labelled `ImageDataset`.
+    """Same/different pairs for Siamese models, drawn from an `ImageDataset` of class indices.
 
     Sample `index` pairs item `index` with another item: of the same class when
     `(index + epoch)` is even, of another class when odd, so every epoch is balanced (to within
@@ -128,7 +122,7 @@ class PairDataset(Dataset):
         for index, label in enumerate(labels):
             self.by_class.setdefault(label, []).append(index)
         if len(images) and len(self.by_class) < 2:
-            raise TorsoError("siamese data needs images of at least two classes to make pairs")
+            raise TorsoError("pairs need images of at least two classes")
         self.epoch = 0
 
     def __len__(self) -> int:

@@ -20,8 +20,11 @@ indices; an RGB mask whose three channels are equal is read as its first channel
 
 from __future__ import annotations
 
+import io
+import struct
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +36,38 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 SUPPORTED_CHANNELS = (1, 3, 4)
+_ORIENTATION = 0x0112  # the EXIF tag
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # orientations that turn the image by 90 degrees
+
+#: What PIL raises for a file it cannot decode (`UnidentifiedImageError` is an `OSError`). Only
+#: these mean "bad file": a MemoryError or a bug (AttributeError, ...) is not the file's fault
+#: and propagates.
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+class ImageReadError(TorsoError):
+    """An image (or mask) file that cannot be read: `path`, and `reason` in the user's words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"'{path}': {reason}")
+
+
+class DecodedImage(NamedTuple):
+    """A decoded file: the `image` (EXIF orientation applied), the file's `mode` and its `size`
+    (width, height) at full resolution as displayed (after the EXIF orientation)."""
+
+    image: Image.Image
+    mode: str
+    size: tuple[int, int]
 
 
 def is_image_file(path: Path) -> bool:
@@ -52,30 +87,41 @@ def failure_reason(error: Exception) -> str:
     return f"corrupt image ({text or type(error).__name__})"
 
 
-def read_pil(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open and fully decode `path` with its EXIF orientation applied.
+def decode_image(
+    path: Path, draft_size: tuple[int, int] | None = None, data: bytes | None = None
+) -> DecodedImage:
+    """Open and fully decode `path` (or `data`, its bytes, when the caller has read them).
 
-    `draft_size` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while keeping both sides at
-    least that large (a big speed-up for photos much larger than the training size). Raises
-    `TorsoError` naming the file when it cannot be read.
+    The one decoding that training, prediction and `torso check` share: a fresh `Image.open`,
+    an optional JPEG draft, `load()` of every pixel, then the EXIF orientation. `draft_size`
+    lets JPEG decoding scale down by 1/2, 1/4 or 1/8 while keeping both sides at least that
+    large (a big speed-up for photos much larger than the training size). Raises
+    `ImageReadError` (a `TorsoError`) naming the file when it cannot be decoded.
     """
+    path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise TorsoError(f"'{path}': empty file (0 bytes)")
+        empty = not data if data is not None else path.stat().st_size == 0
+        if empty:
+            raise ImageReadError(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd EXIF/palette details it handles
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data) if data is not None else path)
+            mode, (width, height) = image.mode, image.size
             if draft_size is not None and image.format == "JPEG":
                 image.draft(None, draft_size)
             image.load()
+            swapped = image.getexif().get(_ORIENTATION) in _SWAPPING_ORIENTATIONS
             image = ImageOps.exif_transpose(image)
-    except TorsoError:
-        raise
     except FileNotFoundError as error:
-        raise TorsoError(f"'{path}': file not found") from error
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise TorsoError(f"'{path}': {failure_reason(error)}") from error
-    return image
+        raise ImageReadError(path, "file not found") from error
+    except DECODE_ERRORS as error:
+        raise ImageReadError(path, failure_reason(error)) from error
+    return DecodedImage(image, mode, (height, width) if swapped else (width, height))
+
+
+def read_pil(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """The decoded image of `decode_image(path, draft_size)`, EXIF orientation applied."""
+    return decode_image(path, draft_size).image
 
 
 def _to_eight_bit_gray(image: Image.Image) -> Image.Image:
@@ -129,14 +175,17 @@ def read_image(
 ) -> torch.Tensor:
     """Read one image file as uint8 `(in_channels, H, W)`; `TorsoError` names a bad file."""
     path = Path(path)
-    image = read_pil(path, draft_size)
+    return image_to_tensor(converted(read_pil(path, draft_size), in_channels, path))
+
+
+def converted(image: Image.Image, in_channels: int, path: Path) -> Image.Image:
+    """`convert_mode(image, in_channels)`; `ImageReadError` names `path` if PIL cannot convert."""
     try:
-        image = convert_mode(image, in_channels)
+        return convert_mode(image, in_channels)
     except TorsoError:
         raise
     except (OSError, ValueError) as error:
-        raise TorsoError(f"'{path}': cannot convert mode {image.mode} ({error})") from error
-    return image_to_tensor(image)
+        raise ImageReadError(path, f"cannot convert mode {image.mode} ({error})") from error
 
 
 def mask_to_array(image: Image.Image, path: Path) -> np.ndarray:

@@ -16,6 +16,7 @@ told the epoch before each iteration, so a `DistributedSampler` reshuffles every
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,20 +25,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from torso.data.cache import PresizeCache
-from torso.data.checks import (
-    DEFAULT_MIN_IMAGE_SIZE,
-    DataReport,
-    default_workers,
-    inspect_items,
-)
+from torso.data.checks import DEFAULT_MIN_IMAGE_SIZE, DataReport, inspect_items
 from torso.data.datasets import ImageDataset, PairDataset
 from torso.data.decode import SUPPORTED_CHANNELS, read_image
+from torso.data.layout import DataLayout, TaskWithData, task_layout
 from torso.data.sources import Item, Problem, find_source, split_items
 from torso.data.transforms import Augmentation, check_resize_mode, resize_square
 from torso.errors import TorsoError
 
 SamplerFactory = Callable[[Dataset], Sampler]
 _SHOWN_PROBLEMS = 20
+
+
+def default_workers() -> int:
+    """Worker processes (or threads) to use by default: the cores this process may run on,
+    at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
 
 
 class DataCheckError(TorsoError):
@@ -104,10 +111,14 @@ class EpochLoader(DataLoader):
 
 
 class Collate:
-    """Stack samples into a batch; uint8 images become float32 in [0, 1] here, once per batch."""
+    """Stack samples into a batch; uint8 images become float32 in [0, 1] here, once per batch.
 
-    def __init__(self, task: str) -> None:
-        self.task = task
+    With `pairs`, samples are `((image_a, image_b), target)` and batches
+    `((images_a, images_b), targets)`.
+    """
+
+    def __init__(self, pairs: bool = False) -> None:
+        self.pairs = pairs
 
     @staticmethod
     def _images(images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -115,7 +126,7 @@ class Collate:
 
     def __call__(self, samples: list) -> tuple:
         targets = torch.stack([target for _, target in samples])
-        if self.task == "siamese":
+        if self.pairs:
             firsts = self._images([pair[0] for pair, _ in samples])
             seconds = self._images([pair[1] for pair, _ in samples])
             return (firsts, seconds), targets
@@ -126,7 +137,8 @@ class DataLoaders:
     """Training and validation loaders with what the model and the report need to know.
 
     Attributes: `train` (an `EpochLoader`), `valid` (a `DataLoader`, empty when there is no
-    validation set), `task`, `classes` (class names; the codes for segment; None for regress),
+    validation set), `task` (the task's name), `layout` (its `DataLayout`), `classes` (class
+    names; the codes of masks; None for numeric targets),
     `target_names` (regress), `num_outputs`, `size`, `in_channels`, `resize`, `ignore_index`,
     `seed`, `train_items` / `valid_items` (file paths), `report` (the `DataReport` of the check,
     or None), `skipped` (problems whose files were left out), `cache` (the training and
@@ -137,6 +149,7 @@ class DataLoaders:
         self.train: EpochLoader = fields.pop("train")
         self.valid: DataLoader = fields.pop("valid")
         self.task: str = fields.pop("task")
+        self.layout: DataLayout = fields.pop("layout")
         self.classes: list[str] | None = fields.pop("classes")
         self.target_names: list[str] | None = fields.pop("target_names")
         self.num_outputs: int = fields.pop("num_outputs")
@@ -185,26 +198,11 @@ def _positive_int(name: str, value: int) -> int:
     return value
 
 
-def _drop_bad(items: list[Item], bad: set[Path], task: str) -> list[Item]:
+def _drop_bad(items: list[Item], bad: set[Path], masks: bool) -> list[Item]:
+    """The items whose files (image, and mask when `masks`) are not in `bad`."""
     return [
-        item
-        for item in items
-        if item.path not in bad and not (task == "segment" and Path(item.target) in bad)
+        item for item in items if item.path not in bad and not (masks and Path(item.target) in bad)
     ]
-
-
-def _segment_codes(codes: list[str] | None, report: DataReport | None, ignore_index: int):
-    if codes is not None:
-        return codes
-    if report is None:
-        raise TorsoError(
-            "segmentation without codes: give codes=[...] or a codes.txt, or keep check=True "
-            "so the masks are scanned for their values"
-        )
-    values = [value for value in report.mask_pixels if value != ignore_index]
-    if not values:
-        raise TorsoError(f"no mask values found in '{report.root}'")
-    return [str(value) for value in range(max(values) + 1)]
 
 
 def _make_cache(count, shape, masks, cache_dir, notes) -> PresizeCache | None:
@@ -220,7 +218,7 @@ def _make_cache(count, shape, masks, cache_dir, notes) -> PresizeCache | None:
 
 def load_data(
     path: str | Path,
-    task: str = "classify",
+    task: str | TaskWithData = "classify",
     size: int = 224,
     batch_size: int = 64,
     num_workers: int | None = None,
@@ -247,10 +245,11 @@ def load_data(
 ) -> DataLoaders:
     """Read the data under `path` for `task` and return seeded training and validation loaders.
 
-    `task`: "classify" | "multilabel" | "regress" | "segment" | "siamese" (layouts in
-    `torso.data.sources`). Images become float32 `(N, in_channels, size, size)` in [0, 1];
-    targets: classify int64 `(N,)`; multilabel float32 `(N, K)` of 0/1; regress float32 `(N, T)`;
-    segment int64 `(N, size, size)` with `ignore_index` for void; siamese
+    `task`: a registered task's name ("classify", "multilabel", "regress", "segment",
+    "siamese", ...; see `torso.registry`) or a task object; its `data_layout()` says how the
+    data is read (`torso.data.layout`). Images become float32 `(N, in_channels, size, size)` in
+    [0, 1]; targets: classify int64 `(N,)`; multilabel float32 `(N, K)` of 0/1; regress float32
+    `(N, T)`; segment int64 `(N, size, size)` with `ignore_index` for void; siamese
     `((images_a, images_b), int64 (N,))`, 1 = same class.
 
     `augment` is True (the default `Augmentation`), False, or an `Augmentation`. With `cache`,
@@ -268,7 +267,9 @@ def load_data(
     if in_channels not in SUPPORTED_CHANNELS:
         raise TorsoError(f"in_channels={in_channels}: images can be read with 1, 3 or 4 channels")
     check_resize_mode(resize)
-    if task == "segment" and not 0 <= ignore_index <= 255:
+    task_name, layout = task_layout(task)
+    masks = layout.targets.masks
+    if masks and not 0 <= ignore_index <= 255:
         raise TorsoError(f"ignore_index={ignore_index}: must be between 0 and 255")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TorsoError(f"seed={seed!r}: must be a whole number, 0 or more")
@@ -285,40 +286,37 @@ def load_data(
     else:
         raise TorsoError(f"augment={augment!r}: give True, False or an Augmentation")
 
-    source = find_source(path, task=task, csv=csv, label_delimiter=label_delimiter, codes=codes)
+    source = find_source(path, layout.read, csv=csv, label_delimiter=label_delimiter, codes=codes)
     train, valid = split_items(source.items, valid_pct=valid_pct, seed=seed)
     report = None
     skipped: list[Problem] = []
     if check:
         report = inspect_items(
-            source, train, valid, min_image_size, ignore_index, num_workers, progress
+            source,
+            layout,
+            train,
+            valid,
+            task_name=task_name,
+            min_image_size=min_image_size,
+            ignore_index=ignore_index,
+            num_workers=num_workers,
+            progress=progress,
         )
         if report.problems and not skip_bad:
             raise DataCheckError(report)
         skipped = list(report.problems)
-        train = _drop_bad(train, report.bad_files, task)
-        valid = _drop_bad(valid, report.bad_files, task)
+        train = _drop_bad(train, report.bad_files, masks)
+        valid = _drop_bad(valid, report.bad_files, masks)
     if not train:
         raise TorsoError(f"no usable training images found in '{source.root}'")
 
-    classes = source.classes
-    if task == "segment":
-        classes = _segment_codes(classes if source.codes_given else None, report, ignore_index)
-        if len(classes) > 255:
-            raise TorsoError(f"{len(classes)} codes: segmentation supports at most 255 classes")
-    if task in ("classify", "multilabel", "segment"):
-        num_outputs = len(classes)
-    elif task == "regress":
-        num_outputs = len(source.target_names)
-    else:
-        num_outputs = 2
-        classes = ["different", "same"]  # the target's meaning: 0 different, 1 same
+    mask_values = sorted(report.mask_pixels) if report is not None else None
+    classes, num_outputs = layout.outputs(source, mask_values, ignore_index)
 
     presize_side = max(size, math.ceil(size * presize)) if augmentation is not None else size
     notes: list[str] = []
     train_cache = valid_cache = None
     if cache:
-        masks = task == "segment"
         train_cache = _make_cache(
             len(train), (in_channels, presize_side, presize_side), masks, cache_dir, notes
         )
@@ -332,12 +330,12 @@ def load_data(
         notes.append("no presize cache")
 
     common = {
-        "task": "classify" if task == "siamese" else task,
+        "targets": layout.targets,
         "size": size,
         "in_channels": in_channels,
         "resize": resize,
         "seed": seed,
-        "num_classes": len(classes) if classes and task != "siamese" else 0,
+        "num_classes": len(source.classes or []),
         "ignore_index": ignore_index,
     }
     train_images = ImageDataset(
@@ -346,7 +344,7 @@ def load_data(
     valid_images = ImageDataset(valid, augmentation=None, cache=valid_cache, **common)
     train_set: Dataset = train_images
     valid_set: Dataset = valid_images
-    if task == "siamese":
+    if layout.pairs:
         train_set = PairDataset(train_images)
         valid_set = PairDataset(valid_images, fixed_epoch=0)
 
@@ -355,7 +353,7 @@ def load_data(
         num_workers = min(default_workers(), batches) if batches > 1 else 0
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    collate = Collate(task)
+    collate = Collate(layout.pairs)
     train_loader = EpochLoader(
         train_set,
         batch_size=batch_size,
@@ -376,7 +374,8 @@ def load_data(
     return DataLoaders(
         train=train_loader,
         valid=valid_loader,
-        task=task,
+        task=task_name,
+        layout=layout,
         classes=list(classes) if classes is not None else None,
         target_names=source.target_names,
         num_outputs=num_outputs,

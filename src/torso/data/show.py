@@ -24,19 +24,7 @@ def _sample_batch(dls: DataLoaders, split: str, count: int):
     indices = list(loader.sampler)[:count]
     if not indices:
         raise ValueError(f"the {split} set is empty")
-    return Collate(dls.task)([dataset[i] for i in indices])
-
-
-def _label(dls: DataLoaders, target: torch.Tensor) -> str:
-    if dls.task == "classify" or dls.task == "siamese":
-        return dls.classes[int(target)]
-    if dls.task == "multilabel":
-        names = [dls.classes[i] for i in torch.nonzero(target).flatten().tolist()]
-        return ", ".join(names) if names else "(none)"
-    if dls.task == "regress":
-        names = dls.target_names or [str(i) for i in range(len(target))]
-        return ", ".join(f"{n}={v:.3g}" for n, v in zip(names, target.tolist(), strict=False))
-    return ""
+    return Collate(dls.layout.pairs)([dataset[i] for i in indices])
 
 
 def _as_picture(image: torch.Tensor):
@@ -49,9 +37,9 @@ def show_batch(
 ) -> Path:
     """Write a PNG grid of up to `max_items` samples of `split` ("train" or "valid") to `path`.
 
-    Classification shows the class (multi-label: every label; regression: the targets) under each
-    image; segmentation overlays each mask in colour with a legend of the codes; Siamese shows each
-    pair side by side with "same" or "different". Returns the path written.
+    Each image gets its caption from the data layout's targets (the class; every label; the
+    numbers); masks are overlaid in colour with a legend of the codes; pairs are shown side by
+    side with "same" or "different". Returns the path written.
     """
     import matplotlib
 
@@ -61,10 +49,11 @@ def show_batch(
     from matplotlib.patches import Patch
 
     images, targets = _sample_batch(dls, split, max_items)
+    pairs, masks = dls.layout.pairs, dls.layout.targets.masks
     count = len(targets)
     columns = min(4, count)
     rows = math.ceil(count / columns)
-    width = 6.0 if dls.task == "siamese" else 3.0
+    width = 6.0 if pairs else 3.0
     figure, axes = plt.subplots(rows, columns, figsize=(width * columns, 3.3 * rows), squeeze=False)
     colours = plt.get_cmap("tab20")
     for k, ax in enumerate(axes.flat):
@@ -72,12 +61,12 @@ def show_batch(
         if k >= count:
             continue
         gray = {"cmap": "gray", "vmin": 0, "vmax": 1} if dls.in_channels == 1 else {}
-        if dls.task == "siamese":
+        if pairs:
             pair = torch.cat([images[0][k], images[1][k]], dim=2)
             ax.imshow(_as_picture(pair), **gray)
         else:
             ax.imshow(_as_picture(images[k]), **gray)
-        if dls.task == "segment":
+        if masks:
             mask = targets[k].clone().float()
             mask[targets[k] == dls.ignore_index] = float("nan")
             palette = ListedColormap([colours(i % 20) for i in range(len(dls.classes))])
@@ -90,13 +79,14 @@ def show_batch(
                 interpolation="nearest",
             )
         else:
-            ax.set_title(_label(dls, targets[k]), fontsize=9, y=-0.12)
-    if dls.task == "segment":
+            caption = dls.layout.targets.caption(targets[k], dls.classes, dls.target_names)
+            ax.set_title(caption, fontsize=9, y=-0.12)
+    if masks:
         handles = [
             Patch(color=colours(i % 20), label=f"{i} {name}") for i, name in enumerate(dls.classes)
         ]
         figure.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
-    figure.tight_layout(rect=(0, 0.06 if dls.task == "segment" else 0, 1, 1))
+    figure.tight_layout(rect=(0, 0.06 if masks else 0, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)

@@ -1,32 +1,39 @@
-"""Finding the labelled items in a folder or CSV, and splitting them into training and validation.
+"""Readers: finding the labelled items in a folder or CSV, and splitting them for validation.
 
-Layouts understood (`root` is the path the user gives):
+Each reader turns the folder the user gives (`root`) into a `Source`; a task chooses its reader
+in its `DataLayout` (`torso.data.layout`). Every reader takes the same keyword arguments
+(`csv`, `label_delimiter`, `codes`) and ignores those it does not use.
 
-- classify / siamese, folders: `root/<class>/*.jpg`, split at random by `valid_pct` and `seed`;
-  or `root/train/<class>/...` with `root/valid/<class>/...` (or `root/val/...`), a fixed split.
-- classify / multilabel / regress, CSV: a header row, the first column a file name relative to
-  the CSV's folder; an optional `is_valid` (or `valid`) column of true/false fixes the split.
-  classify: one label column. multilabel: one column whose cell holds labels separated by
-  `label_delimiter` (an empty cell means no label). regress: every other column is a number
-  (one target each).
-- segment: `root/images/*` with `root/masks/*` matched by file stem (extensions may differ), or the
-  same pair of folders inside `root/train/` and `root/valid/` (or `root/val/`). Class names come
-  from `codes` in code, or `root/codes.txt` (one name a line; line index = pixel value).
+- `read_classes`: folders `root/<class>/*.jpg`, split at random by `valid_pct` and `seed`; or
+  `root/train/<class>/...` with `root/valid/<class>/...` (or `root/val/...`), a fixed split; or,
+  with `csv`, a CSV of one label column. Item targets: class indices.
+- `read_labels`: a CSV (default `root/labels.csv`) of one column whose cell holds labels separated
+  by `label_delimiter` (an empty cell means no label). Item targets: tuples of class indices.
+- `read_numbers`: a CSV (default `root/labels.csv`) whose every other column is a number (one
+  target each). Item targets: tuples of floats; `Source.target_names` the column names.
+- `read_masks`: `root/images/*` with `root/masks/*` matched by file stem (extensions may differ),
+  or the same pair of folders inside `root/train/` and `root/valid/` (or `root/val/`). Class names
+  come from `codes` (a list, or a file) or `root/codes.txt` (one name a line; line index = pixel
+  value). Item targets: mask paths.
+
+CSV files: a header row, the first column a file name relative to the CSV's folder; an optional
+`is_valid` (or `valid`) column of true/false fixes the split.
 """
 
 from __future__ import annotations
 
 import csv as csv_module
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from torso.data.decode import is_image_file
 from torso.errors import TorsoError
 
-TASKS = ("classify", "multilabel", "regress", "segment", "siamese")
 VALID_FOLDER_NAMES = ("valid", "val")
 SPLIT_COLUMNS = ("is_valid", "valid")
 _TRUE = {"1", "true", "yes", "y", "t", "valid"}
@@ -48,9 +55,9 @@ class Problem:
 class Item:
     """One labelled example.
 
-    `target` is a class index (classify, siamese), a tuple of class indices (multilabel), a tuple
-    of floats (regress) or the mask's path (segment). `split` is "train", "valid", or None when
-    the random split decides.
+    `target` is what the reader stores: a class index (`read_classes`), a tuple of class indices
+    (`read_labels`), a tuple of floats (`read_numbers`) or the mask's path (`read_masks`).
+    `split` is "train", "valid", or None when the random split decides.
     """
 
     path: Path
@@ -60,10 +67,13 @@ class Item:
 
 @dataclass
 class Source:
-    """The items found under `root`, their class names and the problems seen while listing them."""
+    """The items found under `root`, their class names and the problems seen while listing them.
+
+    `classes`: class (or label, or mask code) names, None when unknown; `target_names`: the names
+    of numeric targets; `codes_given`: the mask codes came from the user, not from the masks.
+    """
 
     root: Path
-    task: str
     items: list[Item]
     classes: list[str] | None = None
     target_names: list[str] | None = None
@@ -109,7 +119,7 @@ def _fixed_split_folders(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _folder_source(root: Path, task: str) -> Source:
+def _folder_source(root: Path) -> Source:
     problems: list[Problem] = []
     split_folders = _fixed_split_folders(root)
     parts = (
@@ -122,8 +132,8 @@ def _folder_source(root: Path, task: str) -> Source:
         class_folders = _class_folders(folder)
         if not class_folders:
             raise TorsoError(
-                f"'{folder}' has no class folders; for {task} data put each class's images in "
-                "its own subfolder (e.g. cats/ and dogs/), or give a CSV with --csv"
+                f"'{folder}' has no class folders; put each class's images in its own "
+                "subfolder (e.g. cats/ and dogs/), or give a CSV with --csv"
             )
         for class_folder in class_folders:
             images = _images_in(class_folder, problems)
@@ -137,7 +147,7 @@ def _folder_source(root: Path, task: str) -> Source:
         for split, class_folder, images in per_part
         for path in images
     ]
-    return Source(root, task, items, classes=classes, problems=problems)
+    return Source(root, items, classes=classes, problems=problems)
 
 
 def _parse_split(value: str, csv_path: Path, line: int) -> str:
@@ -149,7 +159,16 @@ def _parse_split(value: str, csv_path: Path, line: int) -> str:
     raise TorsoError(f"'{csv_path}' line {line}: split value '{value}' is not true/false")
 
 
-def _csv_source(root: Path, csv_path: Path, task: str, label_delimiter: str) -> Source:
+#: `parse(cells, where)`: the (column name, cell text) pairs of a row's label columns and
+#: "'file.csv' line N" → `(target, None)`, or `(None, reason)` for a row to leave out.
+CellParser = Callable[[list[tuple[str, str]], str], tuple[object, str | None]]
+
+
+def _csv_items(csv_path: Path, one_column: bool, parse: CellParser):
+    """The rows of a labels CSV: `(items, label column names, problems)`.
+
+    `one_column`: the data needs exactly one label column; `parse` reads a row's label cells.
+    """
     if not csv_path.is_file():
         raise TorsoError(f"CSV file '{csv_path}' not found")
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
@@ -162,15 +181,15 @@ def _csv_source(root: Path, csv_path: Path, task: str, label_delimiter: str) -> 
     label_columns = [i for i in range(1, len(header)) if i != split_column]
     if not label_columns:
         raise TorsoError(f"'{csv_path}' has no label column after the file column")
-    if task in ("classify", "siamese", "multilabel") and len(label_columns) != 1:
+    if one_column and len(label_columns) != 1:
         names = ", ".join(header[i] for i in label_columns)
         raise TorsoError(
-            f"'{csv_path}' has {len(label_columns)} label columns ({names}); {task} data needs "
-            "exactly one (for several numeric targets use task 'regress')"
+            f"'{csv_path}' has {len(label_columns)} label columns ({names}); this task needs "
+            "exactly one (several numeric targets are read by --task regress)"
         )
     folder = csv_path.parent
     problems: list[Problem] = []
-    raw: list[tuple[Path, object, str | None]] = []
+    items: list[Item] = []
     for line, row in enumerate(rows[1:], start=2):
         row = row + [""] * (len(header) - len(row))
         name = row[0].strip()
@@ -184,49 +203,119 @@ def _csv_source(root: Path, csv_path: Path, task: str, label_delimiter: str) -> 
         if not is_image_file(path):
             problems.append(Problem(path, f"not an image file ({path.suffix or 'no extension'})"))
             continue
-        if task == "regress":
-            values = []
-            for column in label_columns:
-                cell = row[column].strip()
-                try:
-                    number = float(cell)
-                except ValueError:
-                    number = math.nan
-                if not math.isfinite(number):
-                    problems.append(
-                        Problem(
-                            path,
-                            f"'{csv_path.name}' line {line}: target '{header[column]}' "
-                            f"is '{cell}', not a finite number",
-                        )
-                    )
-                    break
-                values.append(number)
-            else:
-                raw.append((path, tuple(values), split))
-        elif task == "multilabel":
-            cell = row[label_columns[0]]
-            labels = [x.strip() for x in cell.split(label_delimiter)] if label_delimiter else [cell]
-            raw.append((path, tuple(sorted({x for x in labels if x})), split))
-        else:
-            label = row[label_columns[0]].strip()
-            if not label:
-                problems.append(Problem(path, f"'{csv_path.name}' line {line}: empty label"))
-                continue
-            raw.append((path, label, split))
-    if task == "regress":
-        items = [Item(path, target, split) for path, target, split in raw]
-        names = [header[i] for i in label_columns]
-        return Source(root, task, items, target_names=names, problems=problems)
-    if task == "multilabel":
-        classes = sorted({label for _, labels, _ in raw for label in labels})
-        index = {name: i for i, name in enumerate(classes)}
-        items = [Item(path, tuple(index[x] for x in labels), split) for path, labels, split in raw]
-        return Source(root, task, items, classes=classes, problems=problems)
-    classes = sorted({label for _, label, _ in raw})
+        cells = [(header[i], row[i]) for i in label_columns]
+        target, reason = parse(cells, f"'{csv_path.name}' line {line}")
+        if reason is not None:
+            problems.append(Problem(path, reason))
+            continue
+        items.append(Item(path, target, split))
+    return items, [header[i] for i in label_columns], problems
+
+
+def _indexed(items: list[Item], names: set[str]) -> tuple[list[Item], list[str]]:
+    """Items whose targets are names (or tuples of names) with class indices instead."""
+    classes = sorted(names)
     index = {name: i for i, name in enumerate(classes)}
-    items = [Item(path, index[label], split) for path, label, split in raw]
-    return Source(root, task, items, classes=classes, problems=problems)
+    indexed = [
+        Item(
+            item.path,
+            tuple(index[x] for x in item.target)
+            if isinstance(item.target, tuple)
+            else index[item.target],
+            item.split,
+        )
+        for item in items
+    ]
+    return indexed, classes
+
+
+def _csv_path(root: Path, csv: Path | None) -> Path:
+    """The labels CSV: `csv`, or `root/labels.csv`; a clear error when there is none."""
+    if csv is not None:
+        return csv
+    default = root / "labels.csv"
+    if not default.is_file():
+        raise TorsoError(
+            f"this data needs a CSV of file names and labels: give --csv, or put 'labels.csv' "
+            f"in '{root}'"
+        )
+    return default
+
+
+class Reader(Protocol):
+    """What a `DataLayout` reads its data with: `root` (a folder) to a `Source`.
+
+    `csv` is the CSV path the user gave (already resolved against `root`) or None.
+    """
+
+    def __call__(
+        self,
+        root: Path,
+        *,
+        csv: Path | None = None,
+        label_delimiter: str = " ",
+        codes: list[str] | str | Path | None = None,
+    ) -> Source: ...
+
+
+def read_classes(root: Path, *, csv: Path | None = None, **_options) -> Source:
+    """One class per image: class folders under `root`, or `csv` with one label column.
+
+    Returns a `Source` whose item targets are class indices into `classes` (sorted names).
+    """
+    if csv is None:
+        return _folder_source(root)
+
+    def one_label(cells: list[tuple[str, str]], where: str) -> tuple[object, str | None]:
+        label = cells[0][1].strip()
+        return (label, None) if label else (None, f"{where}: empty label")
+
+    items, _, problems = _csv_items(csv, True, one_label)
+    items, classes = _indexed(items, {item.target for item in items})
+    return Source(root, items, classes=classes, problems=problems)
+
+
+def read_labels(
+    root: Path, *, csv: Path | None = None, label_delimiter: str = " ", **_options
+) -> Source:
+    """Any number of labels per image: a CSV (`csv`, or `root/labels.csv`) of one column whose
+    cell holds the labels separated by `label_delimiter`.
+
+    Returns a `Source` whose item targets are tuples of class indices into `classes`.
+    """
+
+    def several_labels(cells: list[tuple[str, str]], where: str) -> tuple[object, str | None]:
+        cell = cells[0][1]
+        labels = [x.strip() for x in cell.split(label_delimiter)] if label_delimiter else [cell]
+        return tuple(sorted({x for x in labels if x})), None
+
+    items, _, problems = _csv_items(_csv_path(root, csv), True, several_labels)
+    items, classes = _indexed(items, {label for item in items for label in item.target})
+    return Source(root, items, classes=classes, problems=problems)
+
+
+def read_numbers(root: Path, *, csv: Path | None = None, **_options) -> Source:
+    """One or more numbers per image: a CSV (`csv`, or `root/labels.csv`) whose columns after
+    the file name are numbers.
+
+    Returns a `Source` whose item targets are tuples of floats, `target_names` the columns.
+    """
+
+    def numbers(cells: list[tuple[str, str]], where: str) -> tuple[object, str | None]:
+        values = []
+        for name, cell in cells:
+            try:
+                number = float(cell.strip())
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                reason = f"{where}: target '{name}' is '{cell.strip()}', not a finite number"
+                return None, reason
+            values.append(number)
+        return tuple(values), None
+
+    items, names, problems = _csv_items(_csv_path(root, csv), False, numbers)
+    return Source(root, items, target_names=names, problems=problems)
 
 
 def read_codes(codes: list[str] | str | Path | None, root: Path) -> list[str] | None:
@@ -252,7 +341,20 @@ def read_codes(codes: list[str] | str | Path | None, root: Path) -> list[str] | 
     return names
 
 
-def _segmentation_source(root: Path, codes: list[str] | str | Path | None) -> Source:
+def read_masks(
+    root: Path,
+    *,
+    csv: Path | None = None,
+    codes: list[str] | str | Path | None = None,
+    **_options,
+) -> Source:
+    """A class for every pixel: `images/` and `masks/` folders whose files share a stem.
+
+    Returns a `Source` whose item targets are mask paths; `classes` are the codes (from `codes`
+    or `root/codes.txt`, `codes_given` True) or None, to be found from the mask values.
+    """
+    if csv is not None:
+        raise TorsoError("segmentation data is read from images/ and masks/ folders, not a CSV")
     problems: list[Problem] = []
     split_folders = _fixed_split_folders(root)
     parts = (
@@ -286,24 +388,29 @@ def _segmentation_source(root: Path, codes: list[str] | str | Path | None) -> So
             else:
                 items.append(Item(path, found[0], split))
     names = read_codes(codes, root)
-    return Source(
-        root, "segment", items, classes=names, codes_given=names is not None, problems=problems
+    return Source(root, items, classes=names, codes_given=names is not None, problems=problems)
+
+
+def has_images_and_masks(root: Path) -> bool:
+    """True when `root` (or `root/train`) holds `images/` and `masks/` folders."""
+    return any(
+        (folder / "images").is_dir() and (folder / "masks").is_dir()
+        for folder in (root, root / "train")
     )
 
 
 def find_source(
     path: str | Path,
-    task: str = "classify",
+    read: Reader,
     csv: str | Path | None = None,
     label_delimiter: str = " ",
     codes: list[str] | str | Path | None = None,
 ) -> Source:
-    """List the labelled items under `path` for `task`, with the problems found while listing.
+    """List the labelled items under `path` with `read` (a task's reader), and the problems seen.
 
-    Raises `TorsoError` for what makes the whole data unusable (missing folder, wrong layout).
+    `path` is a folder, or a CSV file (read as `csv`, relative to its folder). Raises
+    `TorsoError` for what makes the whole data unusable (missing folder, wrong layout).
     """
-    if task not in TASKS:
-        raise TorsoError(f"task '{task}' is not one of {', '.join(TASKS)}")
     root = Path(path)
     if not root.exists():
         raise TorsoError(f"data path '{root}' not found")
@@ -311,22 +418,10 @@ def find_source(
         if root.suffix.lower() != ".csv":
             raise TorsoError(f"data path '{root}' is a file; give a folder or a .csv file")
         csv, root = root, root.parent
-    if task == "segment":
-        if csv is not None:
-            raise TorsoError("segmentation data is read from images/ and masks/ folders, not a CSV")
-        return _segmentation_source(root, codes)
-    if csv is None and task in ("multilabel", "regress"):
-        default = root / "labels.csv"
-        if not default.is_file():
-            raise TorsoError(
-                f"{task} data needs a CSV of file names and labels: give --csv, or put "
-                f"'labels.csv' in '{root}'"
-            )
-        csv = default
+    csv_path = None
     if csv is not None:
         csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
-        return _csv_source(root, csv_path, task, label_delimiter)
-    return _folder_source(root, task)
+    return read(root, csv=csv_path, label_delimiter=label_delimiter, codes=codes)
 
 
 def split_items(

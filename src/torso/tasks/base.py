@@ -35,6 +35,13 @@ class Task:
         options = ", ".join(f"{key}={value!r}" for key, value in self.options.items())
         return f"{type(self).__name__}({options})"
 
+    # -- data --------------------------------------------------------------------------------
+    def data_layout(self):
+        """How this task's data is read and its targets encoded: a `torso.data.DataLayout`
+        (reader, kind of targets, pairs or not, what its folders look like). `torso.data` asks
+        only this, never the task's name."""
+        raise NotImplementedError(f"{type(self).__name__} must define data_layout()")
+
     # -- the model ---------------------------------------------------------------------------
     def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the head, from the saved config (`config["head_options"]`)."""

@@ -34,6 +34,13 @@ class ClassifyTask(Task):
             raise TorsoError(f"top_k must be at least 1, got {top_k}")
         super().__init__(label_smoothing=float(label_smoothing), top_k=int(top_k))
 
+    # -- data --------------------------------------------------------------------------------
+    def data_layout(self):
+        """Class folders (or a CSV of one label column); targets int64 class indices."""
+        from torso.data import ClassTargets, DataLayout, read_classes
+
+        return DataLayout(read=read_classes, targets=ClassTargets())
+
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:

@@ -31,6 +31,14 @@ class MultilabelTask(Task):
             raise TorsoError(f"threshold must be between 0 and 1, got {threshold}")
         super().__init__(threshold=float(threshold))
 
+    # -- data --------------------------------------------------------------------------------
+    def data_layout(self):
+        """A CSV (default `labels.csv`) of one column of labels separated by a delimiter;
+        targets float32 `(K,)` of 0/1."""
+        from torso.data import DataLayout, LabelTargets, read_labels
+
+        return DataLayout(read=read_labels, targets=LabelTargets())
+
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:

@@ -37,6 +37,14 @@ class RegressTask(Task):
             y_range = (float(y_range[0]), float(y_range[1]))
         super().__init__(loss=loss, y_range=list(y_range) if y_range else None)
 
+    # -- data --------------------------------------------------------------------------------
+    def data_layout(self):
+        """A CSV (default `labels.csv`) whose columns after the file name are numbers; targets
+        float32 `(T,)`."""
+        from torso.data import DataLayout, NumberTargets, read_numbers
+
+        return DataLayout(read=read_numbers, targets=NumberTargets())
+
     def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
         options = super().head_options(config)
         if self.options["y_range"] is not None:

@@ -95,6 +95,14 @@ class SegmentTask(Task):
             self_attention=bool(self_attention),
         )
 
+    # -- data --------------------------------------------------------------------------------
+    def data_layout(self):
+        """`images/` + `masks/` folders (and `codes.txt`), recognised by those two folders;
+        targets int64 `(size, size)` masks."""
+        from torso.data import DataLayout, MaskTargets, has_images_and_masks, read_masks
+
+        return DataLayout(read=read_masks, targets=MaskTargets(), looks_like=has_images_and_masks)
+
     # -- the model ---------------------------------------------------------------------------
     def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
         """`DynamicUnet` keyword arguments: the config's `head_options` and this task's options."""

@@ -38,6 +38,14 @@ class SiameseTask(Task):
             raise TorsoError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         super().__init__(label_smoothing=float(label_smoothing))
 
+    # -- data --------------------------------------------------------------------------------
+    def data_layout(self):
+        """Classification's data (class folders or a CSV of one label column), drawn as
+        same/different pairs; targets int64, 1 same, 0 different."""
+        from torso.data import ClassTargets, DataLayout, read_classes
+
+        return DataLayout(read=read_classes, targets=ClassTargets(), pairs=True)
+
     def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
         """A `SiameseModel`: the backbone's body, shared, and `create_head(2 * C, 2)`."""
         from torso.models.siamese import create_siamese_model

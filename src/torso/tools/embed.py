@@ -480,7 +480,7 @@ def embed_files(
     if device.type == "cuda":
         embedder = embedder.to(memory_format=torch.channels_last)
     if num_workers is None:
-        from torso.data.checks import default_workers
+        from torso.data.loaders import default_workers
 
         num_workers = min(default_workers(), max(0, len(files) // batch_size))
     loader = DataLoader(

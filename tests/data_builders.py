@@ -1,4 +1,4 @@
-"""Small generated data sets for the data tests (no tests here, only builders)."""
+"""Small generated data sets for the data tests: builders imported by the test modules."""
 
 from __future__ import annotations
 
