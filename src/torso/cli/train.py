@@ -249,11 +249,7 @@ def pretrained_choice(args: argparse.Namespace) -> bool | str:
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any data is read, on a missing data folder or an unknown backbone."""
-    import timm
-
-    from torso.errors import UnknownBackboneError
-    from torso.models.bodies.create import unknown_backbone_message
-    from torso.models.bodies.torchvision_body import torchvision_names
+    from torso.models.bodies.create import check_backbone_name
 
     if not Path(args.data).exists():
         raise TorsoError(f"data folder '{args.data}' does not exist")
@@ -261,10 +257,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise TorsoError(f"data '{args.data}' is not a folder")
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
-    name = args.backbone
-    known = name in torchvision_names() if name.startswith("tv:") else timm.is_model(name)
-    if not known:
-        raise UnknownBackboneError(unknown_backbone_message(name))
+    check_backbone_name(args.backbone)
 
 
 def load_training_data(args: argparse.Namespace):
