@@ -42,7 +42,7 @@ def tiny_body():
 )
 def test_parameter_counts_equal_fastai_on_resnet34(resnet34_body, options, total):
     model = DynamicUnet(resnet34_body, 3, **options)
-    assert count_parameters(model[0]) == 21_284_672
+    assert count_parameters(model.body) == 21_284_672
     assert count_parameters(model) == total
 
 
@@ -167,7 +167,7 @@ def test_one_channel_images_are_crossed_with_one_channel():
 
 def test_model_is_body_then_decoder_for_groups_and_freezing(tiny_body):
     model = DynamicUnet(tiny_body, 3)
-    assert model[0] is tiny_body and isinstance(model[1], UnetDecoder)
+    assert model.body is tiny_body and isinstance(model.head, UnetDecoder)
     groups = param_groups(model)
     assert {id(p) for p in groups[-1]} == {id(p) for p in model.decoder.parameters()}
     assert sum(len(g) for g in groups) == len(list(model.parameters()))

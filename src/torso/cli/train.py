@@ -325,7 +325,7 @@ def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
     )
     config["resize"] = getattr(dls, "resize", "squish")
     model = task.build_model(config, pretrained=pretrained)
-    config["stats"] = _plain_stats(getattr(model[0], "stats", None))
+    config["stats"] = _plain_stats(getattr(model.body, "stats", None))
     # The whole validation set decides (under torchrun a process's share may be empty).
     valid = dls.valid if len(dls.valid.dataset) > 0 else None
     precision = None if args.mixed_precision == "auto" else args.mixed_precision
