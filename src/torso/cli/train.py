@@ -136,6 +136,13 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment: cap on the U-Net decoder's widths, e.g. 256 (default: fastai's widths)",
     )
     parser.add_argument(
+        "--architecture",
+        choices=["dynamic_unet", "unet2015"],
+        default="dynamic_unet",
+        help="segment: a U-Net decoder on the backbone (dynamic_unet), or the 2015 paper's U-Net "
+        "with padded convolutions, from random weights (unet2015; the backbone is not used)",
+    )
+    parser.add_argument(
         "--dice-weight",
         type=float,
         default=0.0,
@@ -234,6 +241,7 @@ def task_options(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "dice_weight": getattr(args, "dice_weight", 0.0),
             "decoder_width": getattr(args, "decoder_width", None),
+            "architecture": getattr(args, "architecture", "dynamic_unet"),
         }
     return {}
 
