@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torso.errors import TorsoError
-from torso.models import count_parameters, freeze, param_groups
+from torso.models import count_parameters, freeze, param_groups, upgrade_state_dict
 from torso.models.bodies import create_body
 from torso.models.segmentation import DynamicUnet, UnetDecoder
 from torso.models.segmentation.dynamic_unet import skip_stages
@@ -174,6 +174,20 @@ def test_model_is_body_then_decoder_for_groups_and_freezing(tiny_body):
     freeze(model, train_bn=False)
     assert all(p.requires_grad for p in model.decoder.parameters())
     assert not any(p.requires_grad for p in model.body.parameters())
+
+
+def test_state_dict_has_body_and_head_keys_and_loads_old_sequential_ones():
+    model = DynamicUnet(create_body("test_resnet"), 3).eval()
+    assert not isinstance(model, nn.Sequential)
+    state = model.state_dict()
+    assert {key.split(".")[0] for key in state} == {"body", "head"}
+    old = {
+        ("0." if k.startswith("body.") else "1.") + k.split(".", 1)[1]: v for k, v in state.items()
+    }
+    fresh = DynamicUnet(create_body("test_resnet"), 3).eval()
+    fresh.load_state_dict(upgrade_state_dict(old), strict=True)
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(fresh(images), model(images))
 
 
 def test_nothing_is_hooked_or_kept_between_calls(tiny_body):

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("classes", "size", "in_channels"):
         if getattr(args, name) < 1:
             raise TorsoError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.task != "segment" and args.architecture != "dynamic_unet":
+        raise TorsoError("--architecture is an option of --task segment")
     console = Console()
     if args.task == "classify":
         model = create_model(args.backbone, args.classes, in_channels=args.in_channels)
