@@ -265,7 +265,7 @@ def run_fastai(args, folder: Path, shared, weights: Path, expected: dict[str, to
         pretrained_cfg_overlay={"file": str(weights)},
     )
     learn.remove_cb(ProgressCallback)
-    checked = check_same_start(learn.model[0].model.state_dict(), expected)
+    checked = check_same_start(learn.model.body.model.state_dict(), expected)
     print(f"fastai's body starts from torso's pretrained body: {checked} tensors equal")
     ready = time.perf_counter()
     with learn.no_logging():
@@ -274,7 +274,7 @@ def run_fastai(args, folder: Path, shared, weights: Path, expected: dict[str, to
     final = float(learn.recorder.values[-1][-1])
     images, labels = shared
     model = learn.model.cpu()
-    config = learn.model[0].model.pretrained_cfg
+    config = learn.model.body.model.pretrained_cfg
     mean, std = (torch.tensor(config[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
     result = Result(
         "fastai",

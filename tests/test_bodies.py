@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from torso.errors import TorsoError, UnknownBackboneError
-from torso.models.bodies import adapt_weight, auto_cut, create_body
+from torso.models.bodies import adapt_weight, auto_cut, check_backbone_name, create_body
 
 # name, channels per stage, reductions per stage: the published architectures' numbers.
 BACKBONES = [
@@ -157,3 +157,23 @@ def test_every_body_parameter_is_used(name):
     torch.stack([m.sum() for m in body.features(torch.rand(1, 3, 64, 64))]).sum().backward()
     unused = [n for n, p in body.named_parameters() if p.grad is None]
     assert unused == []
+
+
+def test_create_body_inside_no_grad():
+    # The search for modules a timm body never runs is a backward pass: it must not depend on
+    # the caller's grad mode.
+    with torch.no_grad():
+        body = create_body("test_convnext")
+    assert body.dropped == ["head.norm"]
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("name", ["resnet34", "tv:resnet34", "test_vit"])
+def test_check_backbone_name_accepts_known_names(name):
+    check_backbone_name(name)
+
+
+@pytest.mark.parametrize("name, close", [("resnt34", "resnet34"), ("tv:resnt34", "tv:resnet34")])
+def test_check_backbone_name_suggests_close_names(name, close):
+    with pytest.raises(UnknownBackboneError, match=close):
+        check_backbone_name(name)

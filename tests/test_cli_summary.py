@@ -68,3 +68,12 @@ def test_summary_segment_shows_fastai_parity_and_the_capped_decoder(capsys, monk
     assert "41,221,268" in out  # fastai's DynamicUnet on the same body
     assert "capped at 256" in out
     assert "3×64×64" in out  # output at the input's size
+
+
+def test_summary_segment_unet2015_shows_the_papers_parameter_count(capsys):
+    args = ["summary", "unet2015", "--task", "segment", "--architecture", "unet2015"]
+    assert main([*args, "--classes", "2", "--in-channels", "1", "--size", "64", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total"] == 31_030_658 and data["body"] == 18_842_048
+    assert data["rows"][-1]["shape"] == [2, 64, 64]  # padded: the input's size
+    assert [group["parameters"] for group in data["groups"]] == [18_842_048, 12_188_610]

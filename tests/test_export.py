@@ -24,7 +24,7 @@ def saved_run(folder, task_name: str, num_outputs: int, size: int, **task_option
     config = make_config(task, "test_resnet", num_outputs, classes=classes, size=size)
     torch.manual_seed(0)
     model = task.build_model(config).eval()
-    config["stats"] = [list(model[0].stats[0]), list(model[0].stats[1])]
+    config["stats"] = [list(model.body.stats[0]), list(model.body.stats[1])]
     save_model(model, config, folder)
     return model, config
 
@@ -51,7 +51,7 @@ def test_exported_unet_in_onnxruntime_equals_pytorch(tmp_path):
     assert description["classes"] == ["class0", "class1", "class2"]
     assert description["size"] == [64, 64] and description["input_range"] == [0.0, 1.0]
     assert description["task"] == "segment" and description["activation"] == "softmax"
-    assert description["stats"][0] == pytest.approx(list(model[0].stats[0]))
+    assert description["stats"][0] == pytest.approx(list(model.body.stats[0]))
     assert description["max_abs_diff"] == result.max_abs_diff
 
 

@@ -71,7 +71,7 @@ class Recorder(Callback):
         self.betas.append(sorted({g["betas"][0] for g in learner.optimizer.param_groups}))
         groups = torso.param_groups(learner.model)
         self.trainable.append([any(p.requires_grad for p in g if p.ndim > 1) for g in groups])
-        norms = [m for m in learner.model[0].modules() if isinstance(m, nn.BatchNorm2d)]
+        norms = [m for m in learner.model.body.modules() if isinstance(m, nn.BatchNorm2d)]
         self.body_norm_training.append(all(m.training for m in norms))
 
 
@@ -144,14 +144,14 @@ def test_no_weight_decay_on_norm_layers_and_biases():
 def test_frozen_batchnorm_stays_in_eval_mode_without_train_bn():
     recorder = Recorder()
     learner = tiny_learner(batches=2, callbacks=[recorder], train_bn=False)
-    body_norm = next(m for m in learner.model[0].modules() if isinstance(m, nn.BatchNorm2d))
+    body_norm = next(m for m in learner.model.body.modules() if isinstance(m, nn.BatchNorm2d))
     before = body_norm.running_mean.clone()
     learner.freeze()
     learner.fit(1, 1e-3)
     assert recorder.body_norm_training == [False, False]
     assert not body_norm.weight.requires_grad
     assert torch.equal(body_norm.running_mean, before)
-    head_norm = next(m for m in learner.model[1].modules() if isinstance(m, nn.BatchNorm1d))
+    head_norm = next(m for m in learner.model.head.modules() if isinstance(m, nn.BatchNorm1d))
     assert head_norm.weight.requires_grad
 
 
@@ -191,6 +191,6 @@ def test_cpu_defaults_channels_last_and_no_autocast():
     learner = tiny_learner(device="cpu")
     assert learner.mixed_precision == "no"
     assert learner.channels_last
-    weight = learner.model[0].parameters().__next__()
+    weight = learner.model.body.parameters().__next__()
     assert weight.is_contiguous(memory_format=torch.channels_last) or weight.ndim != 4
     assert math.isclose(learner.weight_decay, 0.01)

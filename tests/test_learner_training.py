@@ -66,7 +66,7 @@ def test_same_seed_gives_identical_metrics_twice():
     def history():
         learner = make_learner(get_task("classify"), shapes, 64, 32, 3, seed=7)
         learner.fit_one_cycle(1, 1e-2)
-        weights = learner.model[1][-1].weight.detach().clone()
+        weights = learner.model.head[-1].weight.detach().clone()
         return [{k: v for k, v in row.items() if k != "time"} for row in learner.history], weights
 
     first, first_weights = history()

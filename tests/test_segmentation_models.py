@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torso.errors import TorsoError
-from torso.models import count_parameters, freeze, param_groups
+from torso.models import count_parameters, freeze, param_groups, upgrade_state_dict
 from torso.models.bodies import create_body
 from torso.models.segmentation import DynamicUnet, UnetDecoder
 from torso.models.segmentation.dynamic_unet import skip_stages
@@ -42,7 +42,7 @@ def tiny_body():
 )
 def test_parameter_counts_equal_fastai_on_resnet34(resnet34_body, options, total):
     model = DynamicUnet(resnet34_body, 3, **options)
-    assert count_parameters(model[0]) == 21_284_672
+    assert count_parameters(model.body) == 21_284_672
     assert count_parameters(model) == total
 
 
@@ -167,13 +167,27 @@ def test_one_channel_images_are_crossed_with_one_channel():
 
 def test_model_is_body_then_decoder_for_groups_and_freezing(tiny_body):
     model = DynamicUnet(tiny_body, 3)
-    assert model[0] is tiny_body and isinstance(model[1], UnetDecoder)
+    assert model.body is tiny_body and isinstance(model.head, UnetDecoder)
     groups = param_groups(model)
     assert {id(p) for p in groups[-1]} == {id(p) for p in model.decoder.parameters()}
     assert sum(len(g) for g in groups) == len(list(model.parameters()))
     freeze(model, train_bn=False)
     assert all(p.requires_grad for p in model.decoder.parameters())
     assert not any(p.requires_grad for p in model.body.parameters())
+
+
+def test_state_dict_has_body_and_head_keys_and_loads_old_sequential_ones():
+    model = DynamicUnet(create_body("test_resnet"), 3).eval()
+    assert not isinstance(model, nn.Sequential)
+    state = model.state_dict()
+    assert {key.split(".")[0] for key in state} == {"body", "head"}
+    old = {
+        ("0." if k.startswith("body.") else "1.") + k.split(".", 1)[1]: v for k, v in state.items()
+    }
+    fresh = DynamicUnet(create_body("test_resnet"), 3).eval()
+    fresh.load_state_dict(upgrade_state_dict(old), strict=True)
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(fresh(images), model(images))
 
 
 def test_nothing_is_hooked_or_kept_between_calls(tiny_body):

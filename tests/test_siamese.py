@@ -41,24 +41,24 @@ def make_colour_classes(root: Path, per_class: int, size: int = 32, seed: int = 
 def test_resnet34_siamese_has_the_books_parameter_count():
     model = create_siamese_model("resnet34")
     assert isinstance(model, SiameseModel)
-    assert isinstance(model, torch.nn.Sequential) and len(model) == 2
-    assert model[0] is model.body and model[1] is model.head
+    assert not isinstance(model, torch.nn.Sequential)
+    assert [name for name, _ in model.named_children()] == ["body", "head"]
     assert count_parameters(model) == 22_339_392
-    assert count_parameters(model[0]) == 21_284_672
-    assert count_parameters(model[1]) == 1_054_720
+    assert count_parameters(model.body) == 21_284_672
+    assert count_parameters(model.head) == 1_054_720
     # create_head(2 * 512, 2) with concat pooling: the first BatchNorm sees 4 * 512 features.
-    assert model[1][2].num_features == 2048
+    assert model.head[2].num_features == 2048
 
 
 def test_groups_are_the_bodys_then_the_head_and_freeze_trains_the_head():
     model = create_siamese_model("test_resnet")
     groups = param_groups(model)
-    body_groups = model[0].groups()
+    body_groups = model.body.groups()
     assert len(groups) == len(body_groups) + 1
-    assert {id(p) for p in groups[-1]} == {id(p) for p in model[1].parameters()}
+    assert {id(p) for p in groups[-1]} == {id(p) for p in model.head.parameters()}
     freeze(model, train_bn=False)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in model[1].parameters()}
+    assert trainable == {id(p) for p in model.head.parameters()}
 
 
 def test_forward_is_the_head_on_both_maps_concatenated_on_channels():
@@ -67,10 +67,10 @@ def test_forward_is_the_head_on_both_maps_concatenated_on_channels():
     images_a, images_b = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         logits = model(images_a, images_b)
-        maps = torch.cat([model[0](images_a), model[0](images_b)], dim=1)
-        expected = model[1](maps)
+        maps = torch.cat([model.body(images_a), model.body(images_b)], dim=1)
+        expected = model.head(maps)
     assert logits.shape == (3, 2)
-    assert maps.shape[1] == 2 * model[0].num_features
+    assert maps.shape[1] == 2 * model.body.num_features
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     # One body: the same weights encode both images.
     assert sum(isinstance(m, Body) for m in model.modules()) == 1

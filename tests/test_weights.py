@@ -96,3 +96,14 @@ def test_offline_hub_fails_fast_and_says_how_to_pass_a_file(offline, name):
         create_body(name, pretrained=True)
     assert time.monotonic() - start < 10
     assert name in str(info.value)
+
+
+def test_timm_name_with_cut_keeps_the_pretrained_weights(timm_file):
+    source, path = timm_file
+    body = create_body("test_resnet", pretrained=path, cut=-2)  # children up to layer4
+    torch.testing.assert_close(body.layers.conv1[0].weight, source.conv1[0].weight)
+    torch.testing.assert_close(body.layers.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
+    grey = create_body("test_resnet", pretrained=path, in_channels=1, cut=-2)
+    torch.testing.assert_close(
+        grey.layers.conv1[0].weight, source.conv1[0].weight.sum(dim=1, keepdim=True)
+    )

@@ -1,8 +1,8 @@
 """torso: every vision model is a pretrained body plus a task head.
 
 >>> import torso
->>> model = torso.create_model("resnet34", num_outputs=37)   # nn.Sequential(body, head)
->>> body = model[0]; body.channels, body.reductions, body.stats
+>>> model = torso.create_model("resnet34", num_outputs=37)   # head(body(images))
+>>> body = model.body; body.channels, body.reductions, body.stats
 >>> learner = torso.load("runs/pets")                       # a trained run, without pickle
 >>> learner.predict(["cat.jpg"]); learner.model; learner.config
 

@@ -22,7 +22,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Example: torso summary resnet34 --classes 37 --size 224"
         ),
     )
-    parser.add_argument("backbone", help="timm name (resnet34) or torchvision name (tv:resnet34)")
+    parser.add_argument(
+        "backbone",
+        help="timm name (resnet34) or torchvision name (tv:resnet34); "
+        "not used by --architecture unet2015, which has its own contracting path",
+    )
     parser.add_argument("--classes", type=int, default=1000, help="number of outputs (1000)")
     parser.add_argument("--size", type=int, default=224, help="input image size in pixels (224)")
     parser.add_argument("--in-channels", type=int, default=3, help="input channels (3)")
@@ -38,6 +42,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help=f"segment: cap on the decoder's widths (compared with {DEFAULT_DECODER_CAP} if unset)",
     )
+    parser.add_argument(
+        "--architecture",
+        choices=["dynamic_unet", "unet2015"],
+        default="dynamic_unet",
+        help="segment: a U-Net decoder on BACKBONE (dynamic_unet) or the 2015 paper's U-Net with "
+        "padded convolutions, as torso train builds it (unet2015)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
@@ -52,10 +63,17 @@ def run(args: argparse.Namespace) -> int:
     for name in ("classes", "size", "in_channels"):
         if getattr(args, name) < 1:
             raise TorsoError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.task != "segment" and args.architecture != "dynamic_unet":
+        raise TorsoError("--architecture is an option of --task segment")
     console = Console()
     if args.task == "classify":
         model = create_model(args.backbone, args.classes, in_channels=args.in_channels)
         summary = summarize(model, args.size)
+    elif args.architecture == "unet2015":
+        from torso.models.segmentation import UNet2015
+
+        model = UNet2015(args.in_channels, args.classes, padding=True)
+        summary = summarize_segmentation(model, args.size)
     else:
         from torso.models.segmentation import DynamicUnet
 
@@ -66,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
         return 0
     render(summary, console)
-    if args.task == "segment":
+    if args.task == "segment" and args.architecture == "dynamic_unet":
         other_cap = DEFAULT_DECODER_CAP if args.decoder_width is None else None
-        other = DynamicUnet(model[0], args.classes, decoder_width=other_cap)
+        other = DynamicUnet(model.body, args.classes, decoder_width=other_cap)
         total = sum(p.numel() for p in other.parameters())
         label = f"capped at {other_cap}" if other_cap else "uncapped (fastai's widths)"
         console.print(

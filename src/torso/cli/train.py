@@ -136,6 +136,13 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment: cap on the U-Net decoder's widths, e.g. 256 (default: fastai's widths)",
     )
     parser.add_argument(
+        "--architecture",
+        choices=["dynamic_unet", "unet2015"],
+        default="dynamic_unet",
+        help="segment: a U-Net decoder on the backbone (dynamic_unet), or the 2015 paper's U-Net "
+        "with padded convolutions, from random weights (unet2015; the backbone is not used)",
+    )
+    parser.add_argument(
         "--dice-weight",
         type=float,
         default=0.0,
@@ -234,6 +241,7 @@ def task_options(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "dice_weight": getattr(args, "dice_weight", 0.0),
             "decoder_width": getattr(args, "decoder_width", None),
+            "architecture": getattr(args, "architecture", "dynamic_unet"),
         }
     return {}
 
@@ -249,11 +257,7 @@ def pretrained_choice(args: argparse.Namespace) -> bool | str:
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any data is read, on a missing data folder or an unknown backbone."""
-    import timm
-
-    from torso.errors import UnknownBackboneError
-    from torso.models.bodies.create import unknown_backbone_message
-    from torso.models.bodies.torchvision_body import torchvision_names
+    from torso.models.bodies.create import check_backbone_name
 
     if not Path(args.data).exists():
         raise TorsoError(f"data folder '{args.data}' does not exist")
@@ -261,10 +265,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise TorsoError(f"data '{args.data}' is not a folder")
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
-    name = args.backbone
-    known = name in torchvision_names() if name.startswith("tv:") else timm.is_model(name)
-    if not known:
-        raise UnknownBackboneError(unknown_backbone_message(name))
+    check_backbone_name(args.backbone)
 
 
 def load_training_data(args: argparse.Namespace):
@@ -332,7 +333,7 @@ def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
     )
     config["resize"] = getattr(dls, "resize", "squish")
     model = task.build_model(config, pretrained=pretrained)
-    config["stats"] = _plain_stats(getattr(model[0], "stats", None))
+    config["stats"] = _plain_stats(getattr(model.body, "stats", None))
     # The whole validation set decides (under torchrun a process's share may be empty).
     valid = dls.valid if len(dls.valid.dataset) > 0 else None
     precision = None if args.mixed_precision == "auto" else args.mixed_precision

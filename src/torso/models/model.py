@@ -1,13 +1,25 @@
-"""A model is `nn.Sequential(body, head)`: creating one, its parameter groups, freezing.
+"""A model is a body and a head: creating one, its parameter groups, freezing.
 
-`model[0]` is the body and `model[1]` the head, as in fastai; decoders (segmentation) and pair
-models follow the same two-part shape, so groups and freezing need no special cases.
+Every torso model has two attributes, `model.body` (image → feature maps) and `model.head`
+(features → answer), and its forward passes the body's output to the head:
+
+| model | `body` | `head` receives |
+| --- | --- | --- |
+| `BodyHeadModel` (`create_model`) | a Body | the body's final map |
+| `SiameseModel` | a Body, shared by both images | both images' final maps, concatenated |
+| `DynamicUnet` | a Body | the image and `body.features(image)` (every stage) |
+| `UNet2015` | its contracting path | the image and the contracting path's maps |
+
+So `param_groups`, `freeze`, `freeze_to` and `unfreeze` read `model.body` and `model.head` and
+need no special case. A model of your own without them needs a splitter (a function
+`model -> list of parameter lists`) given to the Learner.
 
 BatchNorm policy when the body is frozen (`train_bn=True`, the default, as in fastai): the body's
-normalisation layers keep their parameters trainable and their running statistics updating, which
-lets a pretrained body adapt to new data's statistics while its weights stay fixed. With
-`train_bn=False` (smp's `freeze_encoder` behaviour) they are frozen too; `set_frozen_norm_eval`
-then keeps them in eval mode so their running statistics stay those of the pretrained weights.
+normalisation layers (`torso.models.norm.is_norm_layer`: PyTorch's and timm's, e.g. `RmsNorm`)
+keep their parameters trainable and their running statistics updating, which lets a pretrained
+body adapt to new data's statistics while its weights stay fixed. With `train_bn=False` (smp's
+`freeze_encoder` behaviour) they are frozen too; `set_frozen_norm_eval` then keeps them in eval
+mode so their running statistics stay those of the pretrained weights.
 """
 
 from __future__ import annotations
@@ -19,13 +31,27 @@ from torso.errors import TorsoError
 from torso.models.bodies import Body, create_body
 from torso.models.bodies.weights import Pretrained
 from torso.models.heads import create_head
+from torso.models.norm import is_norm_layer
 
-NORM_TYPES = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
+
+class BodyHeadModel(nn.Module):
+    """`head(body(images))`: a classifier, multi-label or regression model.
+
+    body: images `(N, C_in, H, W)` in [0, 1] → final feature map `(N, C, h, w)`.
+    head: that map → `(N, num_outputs)`, e.g. `create_head(C, num_outputs)`.
+
+    The state dict's keys start with `body.` and `head.` (older checkpoints with fastai's
+    `0.`/`1.` keys load through `upgrade_state_dict`).
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images `(N, C_in, H, W)` → outputs `(N, num_outputs)`."""
+        return self.head(self.body(images))
 
 
 def create_model(
@@ -36,8 +62,8 @@ def create_model(
     in_channels: int = 3,
     cut=None,
     **head_options,
-) -> nn.Sequential:
-    """`nn.Sequential(body, head)` for `num_outputs` outputs.
+) -> BodyHeadModel:
+    """`BodyHeadModel(body, head)` for `num_outputs` outputs.
 
     backbone: a name or module for `create_body`, or a ready Body. The head's input width is read
     from a dummy forward pass of the body, never from a table. `head_options` go to `create_head`
@@ -52,7 +78,18 @@ def create_model(
         else create_body(backbone, pretrained=pretrained, in_channels=in_channels, cut=cut)
     )
     head = create_head(feature_width(body), num_outputs, **head_options)
-    return nn.Sequential(body, head)
+    return BodyHeadModel(body, head)
+
+
+def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of a state dict saved when models were `nn.Sequential(body, head)`.
+
+    Those keys start with `0.` (the body) and `1.` (the head), as fastai's models have them;
+    today's start with `body.` and `head.`. Other keys are returned unchanged, so a current state
+    dict passes through as it is.
+    """
+    prefixes = {"0.": "body.", "1.": "head."}
+    return {prefixes.get(key[:2], key[:2]) + key[2:]: value for key, value in state.items()}
 
 
 @torch.no_grad()
@@ -73,13 +110,37 @@ def feature_width(body: nn.Module, in_channels: int | None = None) -> int:
         body.train(was_training)
 
 
-def param_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Parameter groups for discriminative learning rates: the body's groups, then the rest.
+def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """`(model.body, model.head)`, looking through DDP and `torch.compile` wrappers.
 
-    For `nn.Sequential(body, head)` that is body groups + [head]. Every parameter is in exactly
-    one group.
+    Raises TorsoError for a model without them: such a model needs a splitter.
     """
-    body = model[0]
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            break
+    body = getattr(model, "body", None)
+    head = getattr(model, "head", None)
+    if not isinstance(body, nn.Module) or not isinstance(head, nn.Module):
+        raise TorsoError(
+            f"{type(model).__name__} has no .body and .head modules, so torso cannot split its "
+            "parameters into groups: build it with torso.create_model (or give it .body and "
+            ".head), or pass the Learner a splitter, a function model -> list of parameter lists"
+        )
+    return body, head
+
+
+def param_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Parameter groups for discriminative learning rates: the body's groups, then the head.
+
+    A Body gives its own groups (early, late); any other body module is one group. Everything
+    that is not in the body (the head, and any other parameter of the model) is the last group,
+    so every parameter is in exactly one group.
+    """
+    body, _ = body_and_head(model)
     groups = body.groups() if isinstance(body, Body) else [list(body.parameters())]
     seen = {id(p) for group in groups for p in group}
     rest = [p for p in model.parameters() if id(p) not in seen]
@@ -94,7 +155,7 @@ def freeze_to(model: nn.Module, n: int, *, train_bn: bool = True) -> None:
     groups = param_groups(model)
     n = n % len(groups) if n < 0 else min(n, len(groups))
     norm_params = (
-        {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
+        {id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters()}
         if train_bn
         else set()
     )
@@ -121,7 +182,7 @@ def set_frozen_norm_eval(model: nn.Module) -> None:
     """
     for module in model.modules():
         params = list(module.parameters(recurse=False))
-        if isinstance(module, NORM_TYPES) and params and not any(p.requires_grad for p in params):
+        if is_norm_layer(module) and params and not any(p.requires_grad for p in params):
             module.eval()
 
 

@@ -7,7 +7,7 @@ logits = model(images_a, images_b)                # (N, 2): different, same
 
 The two feature maps are concatenated on channels, so the head is `create_head(2 * C, 2)` and
 sees both images at every spatial position (with concat pooling it has 4·C inputs, as in the
-book). The model is an `nn.Sequential(body, head)`, so `model[0]` is the body and
+book). Like every torso model it has `model.body` and `model.head`, so
 `torso.models.param_groups`, `freeze` and `unfreeze` work on it unchanged.
 """
 
@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from torso.errors import TorsoError
-from torso.models import feature_width
 from torso.models.bodies import Body, create_body
 from torso.models.bodies.weights import Pretrained
 from torso.models.heads import create_head
+from torso.models.model import feature_width
 
 
-class SiameseModel(nn.Sequential):
+class SiameseModel(nn.Module):
     """`head(cat([body(images_a), body(images_b)], dim=1))`: logits `(N, 2)`, index 1 = same.
 
     body: image `(N, C_in, H, W)` in [0, 1] → feature map `(N, C, h, w)`, shared by both images.
@@ -36,26 +36,18 @@ class SiameseModel(nn.Sequential):
     """
 
     def __init__(self, body: nn.Module, head: nn.Module) -> None:
-        super().__init__(body, head)
-
-    @property
-    def body(self) -> nn.Module:
-        """The shared encoder (`self[0]`)."""
-        return self[0]
-
-    @property
-    def head(self) -> nn.Module:
-        """The comparison head (`self[1]`)."""
-        return self[1]
+        super().__init__()
+        self.body = body
+        self.head = head
 
     def encode_pair(
         self, images_a: torch.Tensor, images_b: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The body's feature maps of both images: two `(N, C, h, w)` tensors."""
         if images_a.shape == images_b.shape:
-            maps = self[0](torch.cat([images_a, images_b], dim=0))
+            maps = self.body(torch.cat([images_a, images_b], dim=0))
             return maps[: len(images_a)], maps[len(images_a) :]
-        return self[0](images_a), self[0](images_b)
+        return self.body(images_a), self.body(images_b)
 
     def forward(  # type: ignore[override]
         self, images_a: torch.Tensor, images_b: torch.Tensor | None = None
@@ -77,7 +69,7 @@ class SiameseModel(nn.Sequential):
                 f"({tuple(maps_a.shape[-2:])} and {tuple(maps_b.shape[-2:])}): "
                 "resize both to the same size"
             )
-        return self[1](torch.cat([maps_a, maps_b], dim=1))
+        return self.head(torch.cat([maps_a, maps_b], dim=1))
 
 
 def create_siamese_model(

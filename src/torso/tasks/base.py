@@ -48,7 +48,7 @@ class Task:
         return dict(config.get("head_options") or {})
 
     def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
-        """The task's model, `nn.Sequential(body, head)`, from a `torso.json`-style config.
+        """The task's model, with `.body` and `.head`, from a `torso.json`-style config.
 
         `config` needs `backbone`, `num_outputs` and may give `in_channels` and `head_options`.
         `pretrained` is passed to `torso.models.create_model` (False when loading a checkpoint,

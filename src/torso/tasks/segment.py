@@ -2,8 +2,9 @@
 
 Batches are `(images (N, C, H, W), masks int64 (N, H, W))` (`torso.data.load_data(path,
 task="segment")`); mask pixels equal to `ignore_index` (255, "void") count for nothing. The model
-is `torso.models.segmentation.DynamicUnet(body, num_classes)`, whose outputs are class scores
-(logits) `(N, num_classes, H, W)` at the image's size.
+is `torso.models.segmentation.DynamicUnet(body, num_classes)`, or with
+`architecture="unet2015"` the 2015 paper's `UNet2015` with padded convolutions; either way its
+outputs are class scores (logits) `(N, num_classes, H, W)` at the image's size.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from torso.tasks.base import Task
 #: Smoothing of the soft Dice loss, in pixels: keeps classes absent from an image from
 #: dividing by zero and makes the loss of an empty class whose prediction is empty about zero.
 DICE_SMOOTHING = 1.0
+#: Model architectures of the task: a decoder on any body, or the 2015 paper's U-Net.
+ARCHITECTURES = ("dynamic_unet", "unet2015")
 
 
 def metric_name(class_name: str) -> str:
@@ -69,6 +72,10 @@ class SegmentTask(Task):
         decoder_width: cap on the U-Net decoder's widths (`DynamicUnet(decoder_width=...)`);
             None keeps fastai's widths.
         self_attention: a self-attention layer in the decoder, as fastai's option.
+        architecture: "dynamic_unet" (a U-Net decoder on the backbone's body) or "unet2015"
+            (the paper's U-Net, `UNet2015(padding=True)`: its own contracting path instead of
+            the backbone, random weights only; padded so its scores have the image's size, where
+            the paper's unpadded network would give a map 184 pixels smaller).
     """
 
     name = "segment"
@@ -81,6 +88,7 @@ class SegmentTask(Task):
         dice_weight: float = 0.0,
         decoder_width: int | None = None,
         self_attention: bool = False,
+        architecture: str = "dynamic_unet",
     ) -> None:
         if isinstance(ignore_index, bool) or not 0 <= int(ignore_index) <= 255:
             raise TorsoError(f"ignore_index must be between 0 and 255, got {ignore_index}")
@@ -88,11 +96,18 @@ class SegmentTask(Task):
             raise TorsoError(f"dice_weight must be 0 or more, got {dice_weight}")
         if decoder_width is not None and int(decoder_width) < 2:
             raise TorsoError(f"decoder_width must be at least 2, got {decoder_width}")
+        if architecture not in ARCHITECTURES:
+            raise TorsoError(
+                f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+            )
+        if architecture == "unet2015" and (decoder_width is not None or self_attention):
+            raise TorsoError("decoder_width and self_attention are options of dynamic_unet")
         super().__init__(
             ignore_index=int(ignore_index),
             dice_weight=float(dice_weight),
             decoder_width=int(decoder_width) if decoder_width is not None else None,
             self_attention=bool(self_attention),
+            architecture=architecture,
         )
 
     # -- data --------------------------------------------------------------------------------
@@ -116,9 +131,17 @@ class SegmentTask(Task):
         return options
 
     def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
-        """`DynamicUnet(create_body(backbone), num_outputs, ...)` from a `torso.json` config."""
+        """`DynamicUnet(create_body(backbone), num_outputs, ...)` from a `torso.json` config, or
+        `UNet2015(in_channels, num_outputs, padding=True)` (backbone not used)."""
         from torso.models.bodies import create_body
-        from torso.models.segmentation import DynamicUnet
+        from torso.models.segmentation import DynamicUnet, UNet2015
+
+        if self.options.get("architecture", "dynamic_unet") == "unet2015":
+            if pretrained is not False:
+                raise TorsoError("UNet2015 has no pretrained weights: train it from random ones")
+            return UNet2015(
+                int(config.get("in_channels", 3)), int(config["num_outputs"]), padding=True
+            )
 
         body = create_body(
             config["backbone"],

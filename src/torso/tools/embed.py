@@ -180,7 +180,7 @@ def load_embedder(
         from torso.train.checkpoint import load_model
 
         full_model, config = load_model(path)
-        body = full_model[0]
+        body = full_model.body
         backbone = str(config["backbone"])
         source, location = "run", str(path.resolve())
         run_size = config.get("size")

@@ -42,9 +42,9 @@ def model_summary_text(learner: Learner) -> str:
 
     model = learner.model
     size = learner.config.get("size")
-    if not (isinstance(model, torch.nn.Sequential) and len(model) == 2) or size is None:
+    if not isinstance(getattr(model, "body", None), Body) or size is None:
         return ""
-    if not isinstance(model[0], Body) or learner.task.name not in (
+    if learner.task.name not in (
         "classify",
         "multilabel",
         "regress",

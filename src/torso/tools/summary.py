@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from torso.models import NORM_TYPES, param_groups
+from torso.models import body_and_head, is_norm_layer, param_groups
 from torso.models.bodies import Body
 
 
@@ -71,8 +71,9 @@ def stage_parameters(body: Body) -> list[int]:
     return counts
 
 
-def summarize(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelSummary:
-    """Shapes and parameter counts of `nn.Sequential(body, head)` for one `size` input.
+def summarize(model: nn.Module, size: int | tuple[int, int] = 224) -> ModelSummary:
+    """Shapes and parameter counts of a body + head model (`model.body` a Body, `model.head`
+    taking its final map) for one `size` input.
 
     The head's layers are run one by one on the body's output, so each row shows what that
     layer really produces.
@@ -90,10 +91,10 @@ def summarize(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelS
     return _summarize(model, size, head_rows)
 
 
-def summarize_segmentation(model: nn.Sequential, size: int | tuple[int, int] = 224) -> ModelSummary:
-    """Like `summarize` for `nn.Sequential(body, decoder)` models whose decoder takes
-    `(image, features)`: body stages with shapes, then the decoder's parts with their parameters
-    and the output shape."""
+def summarize_segmentation(model: nn.Module, size: int | tuple[int, int] = 224) -> ModelSummary:
+    """Like `summarize` for segmentation models (`DynamicUnet`, `UNet2015`) whose head, the
+    decoder, takes `(image, body.features(image))`: body stages with shapes, then the decoder's
+    parts with their parameters and the output shape."""
 
     def decoder_rows(decoder: nn.Module, images: torch.Tensor, maps: list[torch.Tensor]):
         rows = [
@@ -108,9 +109,11 @@ def summarize_segmentation(model: nn.Sequential, size: int | tuple[int, int] = 2
 
 
 @torch.no_grad()
-def _summarize(model: nn.Sequential, size: int | tuple[int, int], second_part) -> ModelSummary:
-    """Input and body rows, the cut, then `second_part(model[1], images, maps)`'s rows."""
-    body, head = model[0], model[1]
+def _summarize(model: nn.Module, size: int | tuple[int, int], second_part) -> ModelSummary:
+    """Input and body rows, the cut, then `second_part(model.head, images, maps)`'s rows."""
+    body, head = body_and_head(model)
+    if not isinstance(body, Body):
+        raise TypeError(f"torso summary needs a Body as model.body, not {type(body).__name__}")
     height, width = (size, size) if isinstance(size, int) else size
     was_training = model.training
     model.eval()
@@ -137,11 +140,14 @@ def _summarize(model: nn.Sequential, size: int | tuple[int, int], second_part) -
 def describe_groups(model: nn.Module) -> list[Group]:
     """The parameter groups with their sizes and what trains when the body is frozen (train_bn)."""
     groups = param_groups(model)
-    norm = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
+    norm = {id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters()}
     described = []
     for index, group in enumerate(groups):
         last = index == len(groups) - 1
-        name = "head" if last else ("body (early)" if index == 0 else "body (late)")
+        if last or len(groups) == 2:
+            name = "head" if last else "body"
+        else:
+            name = "body (early)" if index == 0 else "body (late)"
         frozen = sum(p.numel() for p in group if last or id(p) in norm)
         described.append(Group(index, name, sum(p.numel() for p in group), frozen))
     return described

@@ -191,6 +191,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
     Returns `(model, config)`; the model is in eval mode on the CPU.
     """
+    from torso.models.model import upgrade_state_dict
     from torso.tasks import get_task
 
     folder = Path(path)
@@ -211,7 +212,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     task = get_task(config["task"], **(config.get("task_options") or {}))
     model = task.build_model(config, pretrained=False)
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(upgrade_state_dict(tensors), strict=True)
     except RuntimeError as error:
         first_line = str(error).splitlines()[1 if "\n" in str(error) else 0].strip()
         raise TorsoError(

@@ -1,7 +1,7 @@
 """Bodies: backbones cut into feature extractors that know their channels, strides and stats."""
 
 from torso.models.bodies.body import Body, SequentialBody, adapt_stats
-from torso.models.bodies.create import create_body, unknown_backbone_message
+from torso.models.bodies.create import check_backbone_name, create_body, unknown_backbone_message
 from torso.models.bodies.cut import auto_cut, cut_model, has_pool_type
 from torso.models.bodies.first_conv import adapt_first_conv, adapt_weight
 from torso.models.bodies.timm_body import TimmBody
@@ -17,6 +17,7 @@ __all__ = [
     "adapt_stats",
     "adapt_weight",
     "auto_cut",
+    "check_backbone_name",
     "create_body",
     "cut_model",
     "has_pool_type",

@@ -16,6 +16,7 @@ from torso.models.bodies.cut import Cut, cut_model
 from torso.models.bodies.first_conv import adapt_first_conv
 from torso.models.bodies.timm_body import TimmBody, create_timm_backbone, timm_stats
 from torso.models.bodies.torchvision_body import (
+    FAMILIES,
     PREFIX,
     create_torchvision_backbone,
     torchvision_names,
@@ -58,11 +59,18 @@ def create_body(
         return _module_body(copy.deepcopy(backbone), pretrained, in_channels, cut, stats)
     if not isinstance(backbone, str):
         raise TorsoError(f"backbone must be a name or an nn.Module, not {type(backbone).__name__}")
+    check_backbone_name(backbone)
     if backbone.startswith(PREFIX):
         return _torchvision_body(backbone[len(PREFIX) :], pretrained, in_channels, cut, stats)
-    if not timm.is_model(backbone):
-        raise UnknownBackboneError(unknown_backbone_message(backbone))
     return _timm_body(backbone, pretrained, in_channels, cut, stats)
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise UnknownBackboneError, naming the closest known names, unless `name` is a timm
+    model name or a torchvision name with the `tv:` prefix. Creates nothing."""
+    known = name in torchvision_names() if name.startswith(PREFIX) else timm.is_model(name)
+    if not known:
+        raise UnknownBackboneError(unknown_backbone_message(name))
 
 
 def unknown_backbone_message(name: str) -> str:
@@ -70,9 +78,10 @@ def unknown_backbone_message(name: str) -> str:
     candidates = timm.list_models() + torchvision_names()
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
+    families = f"; torso cuts torchvision's {FAMILIES}" if name.startswith(PREFIX) else ""
     return (
         f"unknown backbone {name!r}{hint} (timm names as in timm.list_models(), "
-        f"torchvision names with the '{PREFIX}' prefix)"
+        f"torchvision names with the '{PREFIX}' prefix{families})"
     )
 
 
@@ -124,7 +133,11 @@ def _timm_body(
     name: str, pretrained: Pretrained, in_channels: int, cut: Cut, stats: Stats | None
 ) -> Body:
     if cut is not None:
+        # The weights go into the whole backbone before it is cut (and its first convolution
+        # adapted), as for a module of the user's.
         model = create_timm_backbone(name, 3)
+        if pretrained is not False:
+            _load_timm_weights(model, name, pretrained)
         stats = stats or timm_stats(model)
         body = _module_body(model, False, in_channels, cut, stats)
         body.name = name
@@ -133,10 +146,7 @@ def _timm_body(
         model = create_timm_backbone(name, in_channels)
     else:
         model = create_timm_backbone(name, 3)
-        if _is_file(pretrained):
-            load_into(model, model, read_state_dict(pretrained), f"'{Path(pretrained)}'")
-        else:
-            _load_timm_pretrained(model, name)
+        _load_timm_weights(model, name, pretrained)
         adapt_first_conv(model, in_channels, pretrained=True)
     return TimmBody(
         model,
@@ -144,6 +154,14 @@ def _timm_body(
         in_channels=in_channels,
         stats=adapt_stats(stats or timm_stats(model), in_channels),
     )
+
+
+def _load_timm_weights(model: nn.Module, name: str, pretrained: Pretrained) -> None:
+    """Load a local file's weights (`pretrained` a path) or the published ones (True)."""
+    if _is_file(pretrained):
+        load_into(model, model, read_state_dict(pretrained), f"'{Path(pretrained)}'")
+    else:
+        _load_timm_pretrained(model, name)
 
 
 def _load_timm_pretrained(model: nn.Module, name: str) -> None:

@@ -108,8 +108,11 @@ class TimmBody(Body):
             64, *getattr(self.model, "pretrained_cfg", {}).get("min_input_size", (0, 0, 0))[1:]
         )
         try:
-            maps = self.features(torch.zeros(1, self.in_channels, size, size))
-            torch.stack([m.float().sum() for m in maps]).sum().backward()
+            # Gradients are the probe, so they are on even when the caller builds the body
+            # inside `torch.no_grad()`.
+            with torch.enable_grad():
+                maps = self.features(torch.zeros(1, self.in_channels, size, size))
+                torch.stack([m.float().sum() for m in maps]).sum().backward()
             unused = {
                 name.rsplit(".", 1)[0]
                 for name, p in self.model.named_parameters()

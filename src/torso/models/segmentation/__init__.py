@@ -6,11 +6,19 @@ from torso.models.segmentation.dynamic_unet import (
     UnetDecoder,
     sizes_that_work,
 )
-from torso.models.segmentation.unet2015 import UNet2015, unet2015_output_size, unet2015_valid_sizes
+from torso.models.segmentation.unet2015 import (
+    UNet2015,
+    UNet2015Decoder,
+    UNet2015Encoder,
+    unet2015_output_size,
+    unet2015_valid_sizes,
+)
 
 __all__ = [
     "DynamicUnet",
     "UNet2015",
+    "UNet2015Decoder",
+    "UNet2015Encoder",
     "UnetBlock",
     "UnetDecoder",
     "sizes_that_work",

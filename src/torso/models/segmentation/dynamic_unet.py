@@ -31,10 +31,10 @@ from torch.nn import functional as F
 
 from torso.errors import TorsoError
 from torso.models.bodies import Body
+from torso.models.heads import SigmoidRange
 from torso.models.segmentation.layers import (
     ResidualBlock,
     SelfAttention,
-    SigmoidRange,
     batch_norm,
     conv_layer,
     upsample_layer,
@@ -201,14 +201,14 @@ class UnetDecoder(nn.Module):
         return self.output_range(self.classifier(x))
 
 
-class DynamicUnet(nn.Sequential):
+class DynamicUnet(nn.Module):
     """A U-Net on any body: `(N, C, H, W)` images in [0, 1] → `(N, num_classes, H, W)` scores.
 
-    The model is `nn.Sequential(body, decoder)`, so `model[0]` is the body and `model[1]` the
-    `UnetDecoder`, and `torso.models.param_groups`, `freeze` and `unfreeze` treat it like any
-    body + head model (body groups, then the decoder as the last group). Its forward is not the
-    plain chain: it computes `features = model[0].features(images)` and returns
-    `model[1](images, features)`.
+    `model.body` is the body and `model.head` (also `model.decoder`) the `UnetDecoder`, so
+    `torso.models.param_groups`, `freeze` and `unfreeze` treat it like any body + head model
+    (body groups, then the decoder as the last group). The head receives every stage, not only
+    the final map: forward computes `features = model.body.features(images)` and returns
+    `model.head(images, features)`.
 
     Args:
         body: a `torso.models.bodies.Body`; its `channels` and `reductions` plan the decoder.
@@ -266,22 +266,19 @@ class DynamicUnet(nn.Sequential):
             bottle=bottle,
             decoder_width=decoder_width,
         )
-        super().__init__(body, decoder)
+        super().__init__()
+        self.body = body
+        self.head = decoder
         self.num_classes = num_classes
 
     @property
-    def body(self) -> Body:
-        """The body, `model[0]`."""
-        return self[0]
-
-    @property
     def decoder(self) -> UnetDecoder:
-        """The decoder, `model[1]`."""
-        return self[1]
+        """The decoder, `model.head`."""
+        return self.head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores `(N, num_classes, H, W)` for images `(N, in_channels, H, W)`."""
-        body = self[0]
+        body = self.body
         if images.ndim != 4 or images.shape[1] != body.in_channels:
             raise TorsoError(
                 f"DynamicUnet on {body.name} expects images of shape "
@@ -306,7 +303,7 @@ class DynamicUnet(nn.Sequential):
                 raise TorsoError(
                     _unfit_size_message(body, height, width, working, error)
                 ) from error
-        return self[1](images, features)
+        return self.head(images, features)
 
 
 def _check_arguments(

@@ -167,18 +167,3 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.convs(x) + self.shortcut(x))
-
-
-class SigmoidRange(nn.Module):
-    """Squash outputs into `(low, high)`: `sigmoid(x) * (high - low) + low`."""
-
-    def __init__(self, low: float, high: float) -> None:
-        super().__init__()
-        self.low = float(low)
-        self.high = float(high)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(x) * (self.high - self.low) + self.low
-
-    def extra_repr(self) -> str:
-        return f"low={self.low}, high={self.high}"
