@@ -20,6 +20,7 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -282,9 +283,17 @@ def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     keys = tensors["rng.numpy"].numpy().astype(np.uint32)
     np.random.set_state((kind, keys, position, has_gauss, cached))
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    cuda = [tensors[key] for key in cuda_rng_keys(tensors)]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def cuda_rng_keys(names: Iterable[str]) -> list[str]:
+    """The `rng.cuda.<index>` names among `names`, in GPU order: `rng.cuda.2` before
+    `rng.cuda.10` (sorted by number, not as strings)."""
+    prefix = "rng.cuda."
+    chosen = [name for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit()]
+    return sorted(chosen, key=lambda name: int(name[len(prefix) :]))
 
 
 def save_training_state(
