@@ -1,32 +1,22 @@
 """The Learner: a model, its data, its task and an optimiser, and the training loop.
 
-It keeps fastai's meaning for the words people know from the book:
-
-* `freeze()` trains the head only, `unfreeze()` everything, `freeze_to(n)` the groups from `n`
-  (groups come from `torso.models.param_groups`: the body's groups, then the head);
-* a learning rate may be a number, a `slice` spread over the groups, or one rate per group
-  (`torso.train.schedules.spread_learning_rate`);
-* `fit_one_cycle` (warm-up to `lr_max`, cosine annealing, momentum 0.95 → 0.85 → 0.95) and
-  `fine_tune` (one frozen cycle, then half the rate, unfreeze and `slice(base_lr / lr_mult,
-  base_lr)`); `lr_find` on the learner as it stands;
-* AdamW (betas 0.9/0.99, eps 1e-5 as fastai's Adam) with weight decay 0.01, none on the
-  parameters of normalisation layers nor on biases.
+It keeps fastai's meaning for the words people know from the book: `freeze()` trains the head
+only, `unfreeze()` everything, `freeze_to(n)` the parameter groups from `n` (the body's groups,
+then the head); a learning rate may be a number, a `slice` spread over the groups, or one rate
+per group; `fit_one_cycle`, `fine_tune` (one frozen cycle, then half the rate, unfreeze and
+`slice(base_lr / lr_mult, base_lr)`), `lr_find` on the learner as it stands; AdamW with weight
+decay 0.01, none on normalisation layers nor biases.
 
 The loop fires the events of `torso.train.callbacks.base` (before_fit ... after_fit); progress,
-logs, early stopping, saving the best model and the learning-rate finder are callbacks. The
-variations of a training step are small pieces of their own: `precision.Precision` (autocast,
-and a gradient scaler for fp16), `placement` (device and channels_last), `parallel.Parallel`
-(DistributedDataParallel, `no_sync` while gradients accumulate); accumulation itself is
-`stepping` (does this batch end with a step) and the loss divided by `accumulate`.
+logs, early stopping, save-best and the learning-rate finder are callbacks. The variations of a
+step are small pieces: `precision` (autocast; a gradient scaler for fp16), `placement` (device,
+channels_last), `parallel` (DDP, `no_sync` while gradients accumulate), `optimizer` (AdamW and
+its groups); accumulation is `stepping` (does this batch end with a step) and the loss divided
+by `accumulate`. Every training call is a list of `schedules.Phase`s (a fine-tune is two); after
+every epoch `torso.train.state` saves all a resume needs to continue exactly (`resume()`).
 
-Every training call is a list of *phases* (a fine-tune is two). The phases, the position in them,
-the weights, the optimiser, the random generators, the history and the callbacks' state are saved
-after every epoch (`<out>/state.safetensors`, atomically), so `resume()` continues a killed run
-exactly where the last finished epoch left it.
-
-Under torchrun (several processes, `torso.train.distributed`) the same calls train with
-DistributedDataParallel: each process takes its share of every batch, the gradients are averaged
-across processes, validation metrics cover the whole validation set once, and only the main
+Under torchrun (`torso.train.distributed`) each process takes its share of every batch, the
+gradients are averaged, validation covers the whole validation set once, and only the main
 process runs the callbacks (but those that `run_everywhere`) and writes files.
 
 Prediction lives in `torso.predictor.Predictor`; `predict`, `get_preds` and `tta` here use it.
@@ -34,13 +24,11 @@ Prediction lives in `torso.predictor.Predictor`; `predict`, `get_preds` and `tta
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,23 +36,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from torso.config import RunConfig
 from torso.errors import TorsoError
-from torso.models.norm import is_norm_layer
 from torso.tasks.base import Task
-from torso.train import checkpoint, distributed
+from torso.train import checkpoint, distributed, optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
+from torso.train.evaluation import batch_size, evaluate
 from torso.train.parallel import Parallel
+from torso.train.parallel import sync_batchnorm as sync_batchnorm_layers
 from torso.train.placement import to_device, wants_channels_last
 from torso.train.precision import Precision, choose_precision
-from torso.train.schedules import (
-    LearningRate,
-    one_cycle_learning_rate,
-    one_cycle_momentum,
-    spread_learning_rate,
-)
+from torso.train.schedules import LearningRate, Phase, spread_learning_rate
 
 if TYPE_CHECKING:
+    from torso.config import RunConfig
     from torso.predictor import Predictor
     from torso.train.lr_find import LRFindResult
 
@@ -74,36 +58,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def no_decay_parameters(model: nn.Module) -> set[int]:
-    """Ids of the parameters that get no weight decay: normalisation layers' and all biases."""
-    chosen: set[int] = set()
-    for module in model.modules():
-        norm = is_norm_layer(module)
-        for name, parameter in module.named_parameters(recurse=False):
-            if norm or name == "bias" or name.endswith("_bias"):
-                chosen.add(id(parameter))
-    return chosen
-
-
-@dataclass
-class Phase:
-    """One call of a schedule over some epochs, as saved for resuming.
-
-    `lrs` holds one rate per parameter group (the peak rate for one-cycle); `frozen_to` is the
-    first trainable group during the phase; `weight_decay` None means the Learner's own.
-    """
-
-    epochs: int
-    lrs: list[float]
-    frozen_to: int
-    schedule: str = "one_cycle"  # or "constant"
-    div: float = 25.0
-    div_final: float = 1e5
-    pct_start: float = 0.25
-    moms: list[float] = field(default_factory=lambda: [0.95, 0.85, 0.95])
-    weight_decay: float | None = None
 
 
 class Learner:
@@ -160,11 +114,10 @@ class Learner:
             raise TorsoError(f"weight_decay must not be negative, got {weight_decay}")
         # Under torchrun this joins the process group and picks this process's GPU.
         self.device = distributed.setup(device)
-        self.distributed = distributed.is_distributed()
         distributed.check_loader_is_sharded(train, "training")
         distributed.check_loader_is_sharded(valid, "validation")
         if sync_batchnorm:
-            model = self._convert_sync_batchnorm(model)
+            model = sync_batchnorm_layers(model, self.device)
         self.model = model.to(self.device)
         self.train_loader, self.valid_loader = train, valid
         self.task, self.config = task, config
@@ -175,56 +128,22 @@ class Learner:
         self.channels_last = wants_channels_last(model, channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.mixed_precision = choose_precision(mixed_precision, self.device)
+        self.mixed_precision = choose_precision(
+            mixed_precision, self.device
+        )  # "bf16", "fp16", "no"
         self.precision = Precision(self.mixed_precision, self.device)
         self._forward = torch.compile(self.model) if compile else self.model
         self.parallel = Parallel(self.model, self.device, compile=compile)
-        self.groups = self._parameter_groups()
+        self.groups = optimizer.parameter_groups(self.model, splitter)
         self.frozen_to = 0
-        self.optimizer = self._create_optimizer()
+        self.optimizer = optimizer.create_optimizer(self.model, self.groups, weight_decay)
         # Progress, visible to callbacks (see `torso.train.callbacks.base`).
         self.history: list[dict[str, float]] = []
         self.epoch = self.total_epochs = self.batch_index = self.num_batches = 0
         self.stop_training = self.stepping = False
         self.x = self.y = self.pred = self.loss = self.loss_grad = None
-        self._phases: list[Phase] = []
-        self._phase_index = self._phase_epoch = 0
-
-    # -- set-up ----------------------------------------------------------------------------
-    def _convert_sync_batchnorm(self, model: nn.Module) -> nn.Module:
-        if not self.distributed:
-            return model  # one process: plain BatchNorm already sees the whole batch
-        if self.device.type != "cuda":
-            raise TorsoError(
-                "sync_batchnorm (--sync-bn) needs one GPU per process: PyTorch's SyncBatchNorm "
-                "does not run on CPUs"
-            )
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-    def _parameter_groups(self) -> list[list[nn.Parameter]]:
-        if self.splitter is not None:
-            groups = self.splitter(self.model)
-        else:
-            from torso.models import param_groups
-
-            groups = param_groups(self.model)
-        groups = [list(group) for group in groups]
-        if not groups or not any(groups):
-            raise TorsoError("the model has no parameters to train")
-        return groups
-
-    def _create_optimizer(self) -> torch.optim.Optimizer:
-        no_decay = no_decay_parameters(self.model)
-        torch_groups = []
-        for index, group in enumerate(self.groups):
-            decay = [p for p in group if id(p) not in no_decay]
-            plain = [p for p in group if id(p) in no_decay]
-            for params, rate in ((decay, self.weight_decay), (plain, 0.0)):
-                if params:
-                    torch_groups.append(
-                        {"params": params, "weight_decay": rate, "group": index, "decays": rate > 0}
-                    )
-        return torch.optim.AdamW(torch_groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
+        self.phases: list[Phase] = []  # the current training call, and where it stands
+        self.phase_index = self.phase_epoch = 0
 
     # -- freezing --------------------------------------------------------------------------
     def freeze_to(self, n: int) -> None:
@@ -238,13 +157,7 @@ class Learner:
         if self.splitter is None:
             freeze_to(self.model, n, train_bn=self.train_bn)
         else:
-            for index, group in enumerate(self.groups):
-                for parameter in group:
-                    parameter.requires_grad_(index >= first)
-            if self.train_bn:
-                for module in filter(is_norm_layer, self.model.modules()):
-                    for parameter in module.parameters(recurse=False):
-                        parameter.requires_grad_(True)
+            optimizer.freeze_groups(self.model, self.groups, first, train_bn=self.train_bn)
         self.frozen_to = first
         self.parallel.reset()  # DDP registers only the parameters that train
 
@@ -268,30 +181,11 @@ class Learner:
     # -- hyper-parameters ------------------------------------------------------------------
     def learning_rates(self) -> list[float]:
         """The current learning rate of each parameter group."""
-        rates = [0.0] * len(self.groups)
-        for group in self.optimizer.param_groups:
-            rates[group["group"]] = group["lr"]
-        return rates
+        return optimizer.learning_rates(self.optimizer, len(self.groups))
 
     def set_learning_rates(self, lrs: Sequence[float]) -> None:
         """Set one learning rate per parameter group (callbacks may, in `before_batch`)."""
-        self._set_hyper(lrs, None, None)
-
-    def _set_hyper(self, lrs: Sequence[float], beta1: float | None, weight_decay: float | None):
-        for group in self.optimizer.param_groups:
-            group["lr"] = lrs[group["group"]]
-            if beta1 is not None:
-                group["betas"] = (beta1, group["betas"][1])
-            if weight_decay is not None and group["decays"]:
-                group["weight_decay"] = weight_decay
-
-    def _schedule(self, phase: Phase, step: int, total: int) -> tuple[list[float], float | None]:
-        if phase.schedule == "constant":
-            return list(phase.lrs), None
-        position = step / total
-        options = {"div": phase.div, "div_final": phase.div_final, "pct_start": phase.pct_start}
-        lrs = [one_cycle_learning_rate(lr, position, **options) for lr in phase.lrs]
-        return lrs, one_cycle_momentum(position, moms=tuple(phase.moms), pct_start=phase.pct_start)
+        optimizer.set_hyper(self.optimizer, lrs)
 
     def steps_per_epoch(self) -> int:
         """Optimiser steps in one epoch (batches / accumulate, rounded up)."""
@@ -358,17 +252,10 @@ class Learner:
             )
         self._run(phases)
 
-    def _phase(
-        self, epochs: int, lr: LearningRate, schedule: str, *, frozen_to: int | None = None, **opts
-    ) -> Phase:
-        if not isinstance(epochs, int) or epochs < 0:
-            raise TorsoError(f"epochs must be a whole number >= 0, got {epochs}")
-        if not 0 <= opts.get("pct_start", 0.25) <= 1:
-            raise TorsoError(f"pct_start must be between 0 and 1, got {opts['pct_start']}")
-        opts["moms"] = list(opts.get("moms", (0.95, 0.85, 0.95)))
-        frozen_to = self.frozen_to if frozen_to is None else frozen_to
+    def _phase(self, epochs: int, lr: LearningRate, schedule: str, **options: Any) -> Phase:
+        options.setdefault("frozen_to", self.frozen_to)
         lrs = spread_learning_rate(lr, len(self.groups))
-        return Phase(epochs=epochs, lrs=lrs, frozen_to=frozen_to, schedule=schedule, **opts)
+        return Phase(epochs=epochs, lrs=lrs, schedule=schedule, **options)
 
     # -- the loop --------------------------------------------------------------------------
     def _event(self, name: str) -> None:
@@ -378,7 +265,7 @@ class Learner:
                 getattr(callback, name)(self)
 
     def _run(self, phases: list[Phase], phase_index: int = 0, phase_epoch: int = 0) -> None:
-        self._phases, self.stop_training = phases, False
+        self.phases, self.stop_training = phases, False
         done_before = sum(p.epochs for p in phases[:phase_index]) + phase_epoch
         self.total_epochs = self.epoch - done_before + sum(p.epochs for p in phases)
         try:
@@ -386,13 +273,13 @@ class Learner:
             for index in range(phase_index, len(phases)):
                 if self.stop_training:
                     return
-                self._phase_index = index
+                self.phase_index = index
                 self.freeze_to(phases[index].frozen_to)
                 start = phase_epoch if index == phase_index else 0
                 for epoch_in_phase in range(start, phases[index].epochs):
                     if self.stop_training:
                         return
-                    self._phase_epoch = epoch_in_phase
+                    self.phase_epoch = epoch_in_phase
                     self._epoch(phases[index], epoch_in_phase)
         except CancelFit:
             pass
@@ -417,16 +304,16 @@ class Learner:
         self.stop_training = bool(distributed.broadcast_from_main(self.stop_training))
         self.epoch += 1
         if epoch_in_phase + 1 < phase.epochs:
-            self._phase_epoch = epoch_in_phase + 1
+            self.phase_epoch = epoch_in_phase + 1
         else:
-            self._phase_index, self._phase_epoch = self._phase_index + 1, 0
+            self.phase_index, self.phase_epoch = self.phase_index + 1, 0
         if self.out is not None and distributed.is_main_process():
             self.save_state(self.out / checkpoint.STATE_FILE)
 
     def _train(self, phase: Phase) -> float:
         """One epoch over the training loader; returns the mean training loss."""
         steps = self.steps_per_epoch()
-        total_steps, step = max(phase.epochs * steps, 1), self._phase_epoch * steps
+        total_steps, step = max(phase.epochs * steps, 1), self.phase_epoch * steps
         weight_decay = self.weight_decay if phase.weight_decay is None else phase.weight_decay
         self._train_mode()
         self.optimizer.zero_grad(set_to_none=True)
@@ -434,13 +321,14 @@ class Learner:
         for index, (x, y) in enumerate(self.train_loader):
             self.batch_index = index
             if self.batch_index % self.accumulate == 0:
-                self._set_hyper(*self._schedule(phase, step, total_steps), weight_decay)
+                lrs, beta1 = phase.hyper_parameters(step, total_steps)
+                optimizer.set_hyper(self.optimizer, lrs, beta1, weight_decay)
             last = self.batch_index + 1 == self.num_batches
             self.stepping = (self.batch_index + 1) % self.accumulate == 0 or last
             self._one_batch(x, y)
             step += self.stepping
             # Summed on the device: reading the loss every batch would make the CPU wait.
-            size = _batch_size(self.y)
+            size = batch_size(self.y)
             loss_sum, count = loss_sum + self.loss.float() * size, count + size
         self.batch_index = self.num_batches
         loss_total, count = distributed.sum_across([float(loss_sum), count])
@@ -484,7 +372,7 @@ class Learner:
         then undo it all: weights, optimiser, freezing, random generators, history, epoch.
         The learning-rate finder runs so."""
         saved = (self.callbacks, self.valid_loader, self.out, self.history, self.epoch)
-        snapshot, phases = self.snapshot(), (self._phases, self._phase_index, self._phase_epoch)
+        snapshot, phases = self.snapshot(), (self.phases, self.phase_index, self.phase_epoch)
         self.callbacks, self.valid_loader, self.out = list(callbacks), None, None
         self.history = []
         try:
@@ -493,7 +381,7 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             self.restore(snapshot)
             self.callbacks, self.valid_loader, self.out, self.history, self.epoch = saved
-            self._phases, self._phase_index, self._phase_epoch = phases
+            self.phases, self.phase_index, self.phase_epoch = phases
             self.stop_training = False
 
     # -- evaluation ------------------------------------------------------------------------
@@ -503,50 +391,12 @@ class Learner:
             raise TorsoError("this Learner has no validation data")
         return loader
 
-    @torch.no_grad()
     def validate(self, loader: Iterable | None = None) -> dict[str, float]:
-        """Loss and the task's metrics over `loader` (default: the validation loader).
-
-        Under torchrun a loader that gives each process its share (`ShardSampler`) is measured
-        by all processes together, every image once, and all of them get the same numbers; any
-        other loader is measured by the calling process alone.
-        """
-        batches = self._batches(loader)
-        shared = distributed.measured_together(batches, self.model)
-        metrics = None
-        self.model.eval()
-        loss_sum, count = 0.0, 0
-        for x, y in batches:
-            x, y = self._to_device(x), self._to_device(y)
-            outputs = self._call_model(x)
-            size = _batch_size(y)
-            loss_sum = loss_sum + self.task.loss(outputs, y).detach().float() * size
-            count += size
-            if metrics is None:
-                metrics = self._metrics(outputs, shared)
-            predictions, targets = self.task.metric_inputs(outputs, y)
-            for metric in metrics.values():
-                metric.update(predictions, targets)
-        if metrics is None:
-            raise TorsoError("the validation loader yields no batches")
-        loss_total, count = float(loss_sum), count
-        if shared:
-            loss_total, count = distributed.sum_across([loss_total, count])
-        results = {"valid_loss": loss_total / count}
-        results.update({name: float(metric.compute()) for name, metric in metrics.items()})
-        return results
-
-    def _metrics(self, outputs: torch.Tensor, shared: bool) -> dict[str, nn.Module]:
-        """The task's metrics on the device; without a config, the number of outputs comes
-        from the first validation batch's `outputs` (N, num_outputs, ...)."""
-        source: Any = self.config
-        if source is None or (isinstance(source, Mapping) and source.get("num_outputs") is None):
-            counted = int(outputs.shape[1]) if outputs.ndim > 1 else None
-            source = {**(source or {}), "num_outputs": counted}  # a copy: the config stays as is
-        metrics = {name: m.to(self.device) for name, m in self.task.metrics(source).items()}
-        for metric in metrics.values():
-            _choose_metric_sync(metric, shared)
-        return metrics
+        """Loss and the task's metrics over `loader` (default: the validation loader); see
+        `torso.train.evaluation.evaluate` (under torchrun, a shared-out loader counts once)."""
+        batches, device = self._batches(loader), self.device
+        options = {"call": self._call_model, "to_device": self._to_device, "device": device}
+        return evaluate(self.model, batches, self.task, config=self.config, **options)
 
     def predictor(self) -> Predictor:
         """A `Predictor` over this Learner's model, task, config and device."""
@@ -580,34 +430,8 @@ class Learner:
         return checkpoint.save_model(self.model, self.config, folder)
 
     def save_state(self, path: str | os.PathLike) -> None:
-        """Write everything `resume` needs, atomically, to `path` (a safetensors file)."""
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        optimizer_tensors, optimizer_info = checkpoint.optimizer_to_tensors(
-            self.optimizer.state_dict()
-        )
-        rng_tensors, rng_info = checkpoint.capture_rng()
-        tensors.update(optimizer_tensors)
-        tensors.update(rng_tensors)
-        config = self.config.to_dict() if isinstance(self.config, RunConfig) else self.config
-        info = {
-            "phases": [asdict(phase) for phase in self._phases],
-            "phase_index": self._phase_index,
-            "phase_epoch": self._phase_epoch,
-            "epoch": self.epoch,
-            "stopped": self.stop_training,
-            "frozen_to": self.frozen_to,
-            "history": self.history,
-            "optimizer": optimizer_info,
-            "rng": rng_info,
-            "callbacks": {
-                _callback_key(index, cb): cb.state_dict() for index, cb in enumerate(self.callbacks)
-            },
-            "config": config,
-            "accumulate": self.accumulate,
-        }
-        if self.precision.scaler is not None:
-            info["scaler"] = self.precision.state_dict()
-        checkpoint.save_training_state(path, tensors, info)
+        """Write everything `resume` needs, atomically, to `path` (see `torso.train.state`)."""
+        state.save_state(self, path)
 
     def resume(self, path: str | os.PathLike | None = None) -> None:
         """Continue training from a saved state (default `<out>/state.safetensors`)."""
@@ -615,35 +439,9 @@ class Learner:
             if self.out is None:
                 raise TorsoError("resume() needs a state file or a Learner with a run folder")
             path = self.out / checkpoint.STATE_FILE
-        tensors, info = checkpoint.load_training_state(path)
-        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            self.model.load_state_dict(model_state, strict=True)
-        except RuntimeError:
-            raise TorsoError(
-                f"the training state in '{path}' belongs to a different model"
-            ) from None
-        if info.get("accumulate", 1) != self.accumulate:
-            raise TorsoError(
-                f"'{path}' was trained with accumulate={info.get('accumulate')}; "
-                "resume with the same value"
-            )
-        self.freeze_to(int(info["frozen_to"]))
-        self.optimizer.load_state_dict(
-            checkpoint.optimizer_from_tensors(tensors, info["optimizer"])
-        )
-        self.precision.load_state_dict(info.get("scaler"))
-        self.history = [dict(row) for row in info["history"]]
-        self.epoch = int(info["epoch"])
-        states = info.get("callbacks", {})
-        for index, callback in enumerate(self.callbacks):
-            if _callback_key(index, callback) in states:
-                callback.load_state_dict(states[_callback_key(index, callback)])
-        checkpoint.restore_rng(tensors, info["rng"])
-        phases = [Phase(**phase) for phase in info["phases"]]
-        if info.get("stopped") or int(info["phase_index"]) >= len(phases):
-            return
-        self._run(phases, int(info["phase_index"]), int(info["phase_epoch"]))
+        position = state.load_state(self, path)
+        if position is not None:
+            self._run(*position)
 
     # -- lr_find ---------------------------------------------------------------------------
     def lr_find(self, **options: Any) -> LRFindResult:
@@ -661,38 +459,9 @@ class Learner:
         return lr_find(self, **options)
 
     def snapshot(self) -> dict[str, Any]:
-        """A deep copy of weights, optimiser, freezing, precision and RNG states (`restore` puts
-        it back)."""
-        return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "frozen_to": self.frozen_to,
-            "precision": self.precision.state_dict(),
-            "rng": checkpoint.capture_rng(),
-        }
+        """Copies of weights, optimiser, freezing, scaler and random generators' states."""
+        return state.snapshot(self)
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Undo everything since `snapshot()`."""
-        self.model.load_state_dict(snapshot["model"])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
-        self.freeze_to(snapshot["frozen_to"])
-        self.precision.load_state_dict(snapshot.get("precision"))
-        checkpoint.restore_rng(*snapshot["rng"])
-
-
-def _callback_key(index: int, callback: Callback) -> str:
-    return f"{index}:{type(callback).__name__}"
-
-
-def _choose_metric_sync(metric: nn.Module, shared: bool) -> None:
-    """torchmetrics gathers a metric's state from all processes whenever a process group exists;
-    that is right only when every process measured its own share of the same loader."""
-    for part in metric.modules():
-        if hasattr(part, "distributed_available_fn"):
-            part.distributed_available_fn = lambda: shared
-
-
-def _batch_size(targets: Any) -> int:
-    if isinstance(targets, torch.Tensor):
-        return int(targets.shape[0]) if targets.ndim else 1
-    return len(targets)
+        state.restore(self, snapshot)

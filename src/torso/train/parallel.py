@@ -93,3 +93,18 @@ def has_unused_parameters(
         for module, training in modes:
             module.training = training
     return any(grad is None for grad in grads)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with SyncBatchNorm layers (statistics over the global batch) under torchrun; the
+    model as it is in one process, where BatchNorm already sees the whole batch. Needs GPUs."""
+    if not distributed.is_distributed():
+        return model
+    if device.type != "cuda":
+        from torso.errors import TorsoError
+
+        raise TorsoError(
+            "sync_batchnorm (--sync-bn) needs one GPU per process: PyTorch's SyncBatchNorm "
+            "does not run on CPUs"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
