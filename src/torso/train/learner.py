@@ -1,11 +1,8 @@
 """The Learner: a model, its data, its task and an optimiser, and the training loop.
 
-It keeps fastai's meaning for the words people know from the book: `freeze()` trains the head
-only, `unfreeze()` everything, `freeze_to(n)` the parameter groups from `n` (the body's groups,
-then the head); a learning rate may be a number, a `slice` spread over the groups, or one rate
-per group; `fit_one_cycle`, `fine_tune` (one frozen cycle, then half the rate, unfreeze and
-`slice(base_lr / lr_mult, base_lr)`), `lr_find` on the learner as it stands; AdamW with weight
-decay 0.01, none on normalisation layers nor biases.
+It keeps fastai's meaning for `freeze`, `unfreeze`, `freeze_to(n)` (over the parameter groups:
+the body's, then the head), learning rates as a number, a `slice` or one per group,
+`fit_one_cycle`, `fine_tune`, `lr_find` (on the learner as it stands) and AdamW's weight decay.
 
 The loop fires the events of `torso.train.callbacks.base` (before_fit ... after_fit); progress,
 logs, early stopping, save-best and the learning-rate finder are callbacks. The variations of a
@@ -18,8 +15,7 @@ every epoch `torso.train.state` saves all a resume needs to continue exactly (`r
 Under torchrun (`torso.train.distributed`) each process takes its share of every batch, the
 gradients are averaged, validation covers the whole validation set once, and only the main
 process runs the callbacks (but those that `run_everywhere`) and writes files.
-
-Prediction lives in `torso.predictor.Predictor`; `predict`, `get_preds` and `tta` here use it.
+`predict`, `get_preds` and `tta` are those of `torso.predictor.Predictor`.
 """
 
 from __future__ import annotations
@@ -37,6 +33,8 @@ import torch
 from torch import nn
 
 from torso.errors import TorsoError
+from torso.models import freeze_to as freeze_model_to
+from torso.models import set_frozen_norm_eval
 from torso.tasks.base import Task
 from torso.train import checkpoint, distributed, optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
@@ -45,7 +43,7 @@ from torso.train.parallel import Parallel
 from torso.train.parallel import sync_batchnorm as sync_batchnorm_layers
 from torso.train.placement import to_device, wants_channels_last
 from torso.train.precision import Precision, choose_precision
-from torso.train.schedules import LearningRate, Phase, spread_learning_rate
+from torso.train.schedules import LearningRate, Phase, fine_tune_phases, spread_learning_rate
 
 if TYPE_CHECKING:
     from torso.config import RunConfig
@@ -64,12 +62,10 @@ class Learner:
     """Trains `model` on batches `(x, y)` from `train` and measures it on `valid`.
 
     Args:
-        model: usually `torso.create_model(...)` (body + head); any module works if `splitter`
-            says how to group its parameters. `x` may be a tuple of inputs (pair models): the
-            model is called as `model(*x)`.
-        train, valid: iterables of `(x, y)` batches, e.g. `dls.train` / `dls.valid` from
-            `torso.data.load_data` or plain `torch.utils.data.DataLoader`s. A loader with
-            `set_epoch(epoch)` gets it at each epoch's start. Either may be None (prediction only).
+        model: usually `torso.create_model(...)`; any module, given a `splitter`. A tuple `x`
+            (pair models) is passed as `model(*x)`.
+        train, valid: iterables of `(x, y)` batches (`torso.data.load_data`'s loaders, or any
+            DataLoader); `set_epoch(epoch)` is called when they have it. Either may be None.
         task: from `torso.tasks.get_task`; owns loss, metrics and decoding.
         config: the run's `RunConfig` (saved as `torso.json`); needed to save a loadable model.
             The Learner never changes it.
@@ -80,7 +76,7 @@ class Learner:
         splitter: `model -> list of parameter lists`; default `torso.models.param_groups`.
         device: default CUDA when available, else CPU.
         channels_last: memory format for 4-D inputs; default: on when the model has convolutions.
-        mixed_precision: `"bf16"`, `"fp16"` or `"no"`; default see `precision.choose_precision`.
+        mixed_precision: `"bf16"`, `"fp16"`, `"no"`; default see `precision.choose_precision`.
         compile: run the model through `torch.compile`.
         accumulate: add the gradients of this many batches before each optimiser step.
         sync_batchnorm: under torchrun on GPUs, BatchNorm layers compute their statistics over
@@ -128,9 +124,7 @@ class Learner:
         self.channels_last = wants_channels_last(model, channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.mixed_precision = choose_precision(
-            mixed_precision, self.device
-        )  # "bf16", "fp16", "no"
+        self.mixed_precision = choose_precision(mixed_precision, self.device)
         self.precision = Precision(self.mixed_precision, self.device)
         self._forward = torch.compile(self.model) if compile else self.model
         self.parallel = Parallel(self.model, self.device, compile=compile)
@@ -148,14 +142,12 @@ class Learner:
     # -- freezing --------------------------------------------------------------------------
     def freeze_to(self, n: int) -> None:
         """Train only the parameter groups from `n` on (negative counts from the end)."""
-        from torso.models import freeze_to
-
         count = len(self.groups)
         if not -count <= n <= count:
             raise TorsoError(f"freeze_to({n}): the model has {count} parameter groups")
         first = n % count if n < 0 else n
         if self.splitter is None:
-            freeze_to(self.model, n, train_bn=self.train_bn)
+            freeze_model_to(self.model, n, train_bn=self.train_bn)
         else:
             optimizer.freeze_groups(self.model, self.groups, first, train_bn=self.train_bn)
         self.frozen_to = first
@@ -174,8 +166,6 @@ class Learner:
         so their running statistics stay those of the pretrained body (train_bn=False)."""
         self.model.train()
         if not self.train_bn:
-            from torso.models import set_frozen_norm_eval
-
             set_frozen_norm_eval(self.model)
 
     # -- hyper-parameters ------------------------------------------------------------------
@@ -207,7 +197,7 @@ class Learner:
     def fit(self, epochs: int, lr: LearningRate = 1e-3, *, weight_decay: float | None = None):
         """Train for `epochs` at a constant learning rate (a number, slice or list).
         `weight_decay`: for this call only (default: the Learner's)."""
-        self._run([self._phase(epochs, lr, "constant", weight_decay=weight_decay)])
+        self.fit_phases([self._phase(epochs, lr, "constant", weight_decay=weight_decay)])
 
     def fit_one_cycle(
         self,
@@ -222,7 +212,9 @@ class Learner:
     ) -> None:
         """Train for `epochs` with the one-cycle policy peaking at `lr_max` (see module doc)."""
         options = {"div": div, "div_final": div_final, "pct_start": pct_start, "moms": moms}
-        self._run([self._phase(epochs, lr_max, "one_cycle", weight_decay=weight_decay, **options)])
+        self.fit_phases(
+            [self._phase(epochs, lr_max, "one_cycle", weight_decay=weight_decay, **options)]
+        )
 
     def fine_tune(
         self,
@@ -238,19 +230,9 @@ class Learner:
         """fastai's recipe for a pretrained body: `freeze_epochs` of one-cycle on the head at
         `slice(base_lr)`, then halve `base_lr`, unfreeze, and `epochs` of one-cycle at
         `slice(base_lr / lr_mult, base_lr)`."""
-        phases = []
-        if freeze_epochs > 0:
-            head = len(self.groups) - 1
-            options = {"frozen_to": head, "pct_start": 0.99, "weight_decay": weight_decay}
-            phases.append(self._phase(freeze_epochs, slice(base_lr), "one_cycle", **options))
-        base_lr /= 2
-        if epochs > 0:
-            options = {"frozen_to": 0, "pct_start": pct_start, "div": div}
-            rates = slice(base_lr / lr_mult, base_lr)
-            phases.append(
-                self._phase(epochs, rates, "one_cycle", weight_decay=weight_decay, **options)
-            )
-        self._run(phases)
+        options = {"freeze_epochs": freeze_epochs, "lr_mult": lr_mult, "pct_start": pct_start}
+        options.update(div=div, weight_decay=weight_decay)
+        self.fit_phases(fine_tune_phases(epochs, base_lr, len(self.groups), **options))
 
     def _phase(self, epochs: int, lr: LearningRate, schedule: str, **options: Any) -> Phase:
         options.setdefault("frozen_to", self.frozen_to)
@@ -264,23 +246,22 @@ class Learner:
             if main or callback.run_everywhere:
                 getattr(callback, name)(self)
 
-    def _run(self, phases: list[Phase], phase_index: int = 0, phase_epoch: int = 0) -> None:
+    def fit_phases(self, phases: list[Phase], phase_index: int = 0, phase_epoch: int = 0) -> None:
+        """Train through `phases`, from epoch `phase_epoch` of phase `phase_index` on."""
         self.phases, self.stop_training = phases, False
         done_before = sum(p.epochs for p in phases[:phase_index]) + phase_epoch
         self.total_epochs = self.epoch - done_before + sum(p.epochs for p in phases)
         try:
             self._event("before_fit")
             for index in range(phase_index, len(phases)):
-                if self.stop_training:
-                    return
                 self.phase_index = index
                 self.freeze_to(phases[index].frozen_to)
                 start = phase_epoch if index == phase_index else 0
                 for epoch_in_phase in range(start, phases[index].epochs):
-                    if self.stop_training:
-                        return
                     self.phase_epoch = epoch_in_phase
                     self._epoch(phases[index], epoch_in_phase)
+                    if self.stop_training:
+                        return
         except CancelFit:
             pass
         finally:
@@ -367,23 +348,6 @@ class Learner:
         with self.precision.autocast():
             return forward(*x) if isinstance(x, tuple | list) else forward(x)
 
-    def try_fit(self, epochs: int, lr: LearningRate, *, callbacks: Sequence[Callback]) -> None:
-        """Train `epochs` at a constant `lr` with only `callbacks` (no validation, no saving),
-        then undo it all: weights, optimiser, freezing, random generators, history, epoch.
-        The learning-rate finder runs so."""
-        saved = (self.callbacks, self.valid_loader, self.out, self.history, self.epoch)
-        snapshot, phases = self.snapshot(), (self.phases, self.phase_index, self.phase_epoch)
-        self.callbacks, self.valid_loader, self.out = list(callbacks), None, None
-        self.history = []
-        try:
-            self._run([self._phase(epochs, lr, "constant")])
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.restore(snapshot)
-            self.callbacks, self.valid_loader, self.out, self.history, self.epoch = saved
-            self.phases, self.phase_index, self.phase_epoch = phases
-            self.stop_training = False
-
     # -- evaluation ------------------------------------------------------------------------
     def _batches(self, loader: Iterable | None) -> Iterable:
         loader = self.valid_loader if loader is None else loader
@@ -441,15 +405,13 @@ class Learner:
             path = self.out / checkpoint.STATE_FILE
         position = state.load_state(self, path)
         if position is not None:
-            self._run(*position)
+            self.fit_phases(*position)
 
     # -- lr_find ---------------------------------------------------------------------------
     def lr_find(self, **options: Any) -> LRFindResult:
-        """Run the learning-rate finder on the learner as it stands (fastai's rule: to find a
-        rate for fine-tuning a pretrained body, call `freeze()` first, or use
-        `torso.train.lr_find.find_learning_rate`); see `torso.train.lr_find.lr_find` for the
-        options. The plot goes to `<out>/lr_find.png` when the Learner has a run folder and no
-        `plot` path is given; under torchrun only the main process writes it."""
+        """`torso.train.lr_find.lr_find` on the learner as it stands (to fine-tune a pretrained
+        body, `freeze()` first, as `find_learning_rate` does); the plot goes to
+        `<out>/lr_find.png` by default, written by the main process only."""
         from torso.train.lr_find import lr_find
 
         if options.get("plot") is None and self.out is not None:

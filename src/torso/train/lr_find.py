@@ -184,8 +184,7 @@ def lr_find(
     finder = LRFinder(
         start_lr, end_lr, num_it, stop_div=stop_div, beta=beta, show=not quiet, stream=stream
     )
-    epochs = math.ceil(num_it / learner.batches_per_epoch())
-    learner.try_fit(epochs, start_lr, callbacks=[finder])
+    train_aside(learner, math.ceil(num_it / learner.batches_per_epoch()), start_lr, finder)
     if not finder.losses:
         raise TorsoError("the training loader yields no batches")
     result = LRFindResult(lrs=finder.lrs, losses=finder.losses, suggestion=finder.suggestion())
@@ -194,6 +193,35 @@ def lr_find(
 
         result.plot = plot_lr_find(result.lrs, result.losses, result.suggestion, plot)
     return result
+
+
+def train_aside(learner: Learner, epochs: int, lr: float, callback: Callback) -> None:
+    """Train `learner` for `epochs` at a constant `lr` with `callback` as its only callback (no
+    validation, no saving), then undo it all: weights, optimiser, freezing, gradient scaler,
+    random generators, history, epoch and the position in the current training call."""
+    from torso.train.schedules import Phase, spread_learning_rate
+
+    saved = {
+        name: getattr(learner, name)
+        for name in ("callbacks", "valid_loader", "out", "history", "epoch", "phases")
+    }
+    saved.update(phase_index=learner.phase_index, phase_epoch=learner.phase_epoch)
+    snapshot = learner.snapshot()
+    learner.callbacks, learner.valid_loader, learner.out, learner.history = (
+        [callback],
+        None,
+        None,
+        [],
+    )
+    try:
+        lrs = spread_learning_rate(lr, len(learner.groups))
+        learner.fit_phases([Phase(epochs, lrs, learner.frozen_to, schedule="constant")])
+    finally:
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.restore(snapshot)
+        for name, value in saved.items():
+            setattr(learner, name, value)
+        learner.stop_training = False
 
 
 def find_learning_rate(learner: Learner, *, fine_tune: bool, **options: Any) -> LRFindResult:

@@ -137,3 +137,31 @@ class Phase:
         lrs = [one_cycle_learning_rate(lr, position, **options) for lr in self.lrs]
         moms = (self.moms[0], self.moms[1], self.moms[2])
         return lrs, one_cycle_momentum(position, moms=moms, pct_start=self.pct_start)
+
+
+def fine_tune_phases(
+    epochs: int,
+    base_lr: float,
+    num_groups: int,
+    *,
+    freeze_epochs: int = 1,
+    lr_mult: float = 100,
+    pct_start: float = 0.3,
+    div: float = 5.0,
+    weight_decay: float | None = None,
+) -> list[Phase]:
+    """fastai's `fine_tune` for a model of `num_groups` parameter groups: `freeze_epochs` of
+    one-cycle on the head (the last group) at `slice(base_lr)` with pct_start 0.99, then with
+    `base_lr` halved, everything unfrozen, `epochs` of one-cycle at `slice(base_lr / lr_mult,
+    base_lr)` with `pct_start` and `div`. A phase of 0 epochs is left out."""
+    phases = []
+    if freeze_epochs > 0:
+        rates = spread_learning_rate(slice(base_lr), num_groups)
+        frozen = {"frozen_to": num_groups - 1, "pct_start": 0.99, "weight_decay": weight_decay}
+        phases.append(Phase(freeze_epochs, rates, **frozen))
+    base_lr /= 2
+    if epochs > 0:
+        rates = spread_learning_rate(slice(base_lr / lr_mult, base_lr), num_groups)
+        unfrozen = {"pct_start": pct_start, "div": div, "weight_decay": weight_decay}
+        phases.append(Phase(epochs, rates, frozen_to=0, **unfrozen))
+    return phases
