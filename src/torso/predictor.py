@@ -15,7 +15,7 @@ from torso.tasks import get_task
 from torso.tasks.base import Task
 from torso.train import distributed
 from torso.train.checkpoint import load_model
-from torso.train.placement import to_device, wants_channels_last
+from torso.train.placement import stored_channels_last, to_device
 from torso.train.precision import Precision, choose_precision
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class Predictor:
     """Runs `model` on images or loaders and decodes its outputs with `task`.
 
     Args:
-        model: the trained model (moved to `device`, channels_last when it has convolutions).
+        model: the trained model (moved to `device`; inputs follow its weights' memory format).
         task: from `torso.tasks.get_task`; owns activation, loss and decoding.
         config: the run config (classes, image size, channels, resize mode); may be None when
             only tensors are predicted.
@@ -51,10 +51,8 @@ class Predictor:
         device: str | torch.device | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.channels_last = wants_channels_last(model, None)
         self.model = model.to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = stored_channels_last(self.model)  # inputs as the weights are stored
         self.task = task
         self.config = config
         self.precision = Precision(choose_precision(None, self.device), self.device)

@@ -26,3 +26,14 @@ def to_device(value: Any, device: torch.device, channels_last: bool) -> Any:
         if channels_last and value.ndim == 4 and value.is_floating_point():
             value = value.contiguous(memory_format=torch.channels_last)
     return value
+
+
+def stored_channels_last(model: nn.Module) -> bool:
+    """Whether `model`'s convolution weights are stored channels_last (as a Learner stores them
+    by default), so that inputs should be too."""
+    return any(
+        parameter.ndim == 4
+        and not parameter.is_contiguous()
+        and parameter.is_contiguous(memory_format=torch.channels_last)
+        for parameter in model.parameters()
+    )
