@@ -317,3 +317,17 @@ def test_peer_failure_is_detected_by_exception_type_not_message():
         with pytest.raises(type(error)):
             with distributed.collective():
                 raise error
+
+
+def test_lr_find_under_torchrun_keeps_the_processes_in_step(data, tmp_path):
+    """Both processes record the same curve (the loss is averaged over them), so they stop at
+    the same batch and suggest the same rate."""
+    results = tmp_path / "results"
+    result, _ = launch(
+        *(str(WORKER), str(data), str(tmp_path / "run"), str(results)),
+        *("--epochs", "0", "--lr-find"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    curves = [json.loads((results / f"lr_find-{rank}.json").read_text()) for rank in (0, 1)]
+    assert curves[0] == curves[1]
+    assert 2 <= len(curves[0]["losses"]) <= 12
