@@ -331,3 +331,25 @@ def test_lr_find_under_torchrun_keeps_the_processes_in_step(data, tmp_path):
     curves = [json.loads((results / f"lr_find-{rank}.json").read_text()) for rank in (0, 1)]
     assert curves[0] == curves[1]
     assert 2 <= len(curves[0]["losses"]) <= 12
+
+
+def test_leaving_the_group_after_an_error_does_not_hide_a_bug(monkeypatch):
+    """`abort()` ignores the group's own failure to close (it is leaving after an error), but
+    not a bug: that surfaces as itself."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+
+    def bug():
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(dist, "get_backend", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        distributed.abort()
+
+    def closed():
+        raise RuntimeError("[pair.cc:561] Connection closed by peer")
+
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "destroy_process_group", closed)
+    distributed.abort()  # nothing raised

@@ -194,7 +194,9 @@ class Learner:
         return length
 
     # -- training calls --------------------------------------------------------------------
-    def fit(self, epochs: int, lr: LearningRate = 1e-3, *, weight_decay: float | None = None):
+    def fit(
+        self, epochs: int, lr: LearningRate = 1e-3, *, weight_decay: float | None = None
+    ) -> None:
         """Train for `epochs` at a constant learning rate (a number, slice or list).
         `weight_decay`: for this call only (default: the Learner's)."""
         self.fit_phases([self._phase(epochs, lr, "constant", weight_decay=weight_decay)])
