@@ -257,6 +257,13 @@ def optimizer_from_tensors(
     return {"state": state, "param_groups": groups}
 
 
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The states of Python's, NumPy's and torch's random generators (tensors + JSON)."""
     version, internal, gauss = random.getstate()

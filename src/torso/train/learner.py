@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +36,7 @@ from torso.models import set_frozen_norm_eval
 from torso.tasks.base import Task
 from torso.train import checkpoint, distributed, optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
+from torso.train.checkpoint import set_seed as set_seed  # where callers have always found it
 from torso.train.evaluation import batch_size, evaluate
 from torso.train.parallel import Parallel
 from torso.train.parallel import sync_batchnorm as sync_batchnorm_layers
@@ -49,13 +48,6 @@ if TYPE_CHECKING:
     from torso.config import RunConfig
     from torso.predictor import Predictor
     from torso.train.lr_find import LRFindResult
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's random generators (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Learner:
