@@ -201,18 +201,12 @@ def train_aside(learner: Learner, epochs: int, lr: float, callback: Callback) ->
     random generators, history, epoch and the position in the current training call."""
     from torso.train.schedules import Phase, spread_learning_rate
 
-    saved = {
-        name: getattr(learner, name)
-        for name in ("callbacks", "valid_loader", "out", "history", "epoch", "phases")
-    }
-    saved.update(phase_index=learner.phase_index, phase_epoch=learner.phase_epoch)
+    kept = ("callbacks", "valid_loader", "out", "history", "epoch", "phases", "phase_index")
+    saved = {name: getattr(learner, name) for name in (*kept, "phase_epoch")}
     snapshot = learner.snapshot()
-    learner.callbacks, learner.valid_loader, learner.out, learner.history = (
-        [callback],
-        None,
-        None,
-        [],
-    )
+    aside = {"callbacks": [callback], "valid_loader": None, "out": None, "history": []}
+    for name, value in aside.items():
+        setattr(learner, name, value)
     try:
         lrs = spread_learning_rate(lr, len(learner.groups))
         learner.fit_phases([Phase(epochs, lrs, learner.frozen_to, schedule="constant")])
