@@ -1,13 +1,14 @@
 """What each process runs in tests/test_distributed.py, started by torchrun (2 CPU processes).
 
     python -m torch.distributed.run --nproc-per-node 2 ... tests/distributed_worker.py \\
-        DATA RUN RESULTS [--epochs N] [--folder-per-process] [--resume]
+        DATA RUN RESULTS [--epochs N] [--folder-per-process] [--resume] [--lr-find]
         [--fail-epoch E] [--stall-epoch E] [--timeout SECONDS]
 
 Trains `tiny_model()` with the Python API on DATA (each process takes a per-process batch of
 `PER_PROCESS_BATCH`) and writes this process's history and validation predictions to
 RESULTS/history-<rank>.json and RESULTS/predictions-<rank>.safetensors. The
 failure options make process 1 raise (or hang) when epoch E begins, for the failure tests.
+`--lr-find` first runs the learning-rate finder and writes its curve to RESULTS/lr_find-<rank>.json.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--folder-per-process", action="store_true")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lr-find", action="store_true")
     parser.add_argument("--fail-epoch", type=int)
     parser.add_argument("--stall-epoch", type=int)
     parser.add_argument("--timeout", type=float, default=distributed.DEFAULT_TIMEOUT)
@@ -115,6 +117,11 @@ def main() -> None:
             learner.train_loader = ProcessOneTrips(
                 learner.train_loader, trip, stall=args.stall_epoch is not None
             )
+        if args.lr_find:
+            found = learner.lr_find(num_it=12, quiet=True)
+            args.results.mkdir(parents=True, exist_ok=True)
+            curve = {"lrs": found.lrs, "losses": found.losses, "suggestion": found.suggestion}
+            (args.results / f"lr_find-{rank}.json").write_text(json.dumps(curve))
         if args.resume:
             learner.resume()
         else:

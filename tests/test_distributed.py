@@ -87,7 +87,7 @@ def kill_workers_and_launcher(launcher: subprocess.Popen) -> None:
 
 
 class WeightsAfterFirstEpoch(Callback):
-    def on_epoch_end(self, learner, row):
+    def after_epoch(self, learner):
         if learner.epoch == 0:
             self.weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
 
@@ -297,3 +297,59 @@ def test_sync_batchnorm_on_cpus_is_refused_with_a_reason(monkeypatch):
     model = create_model("test_resnet", 2)
     with pytest.raises(TorsoError, match="SyncBatchNorm does not run on CPUs"):
         Learner(model, task=get_task("classify"), device="cpu", sync_batchnorm=True)
+
+
+def test_peer_failure_is_detected_by_exception_type_not_message():
+    """A broken process group is known by the exception's type, whatever its message says."""
+    import torch.distributed as dist
+
+    assert distributed.is_peer_failure(dist.DistBackendError("NCCL communicator was aborted"))
+    assert distributed.is_peer_failure(dist.DistStoreError("wait timeout"))
+    # A bug whose message happens to mention gloo or a timeout is not a peer's failure ...
+    assert not distributed.is_peer_failure(RuntimeError("gloo: connection closed, timed out"))
+    assert not distributed.is_peer_failure(ValueError("nccl"))
+    # ... but gloo's plain RuntimeError from inside an exchange is.
+    with pytest.raises(distributed.CollectiveError) as caught:
+        with distributed.collective():
+            raise RuntimeError("[pair.cc:561] Connection closed by peer")
+    assert distributed.is_peer_failure(caught.value)
+    for error in (torch.OutOfMemoryError("out of memory"), TorsoError("bad file")):
+        with pytest.raises(type(error)):
+            with distributed.collective():
+                raise error
+
+
+def test_lr_find_under_torchrun_keeps_the_processes_in_step(data, tmp_path):
+    """Both processes record the same curve (the loss is averaged over them), so they stop at
+    the same batch and suggest the same rate."""
+    results = tmp_path / "results"
+    result, _ = launch(
+        *(str(WORKER), str(data), str(tmp_path / "run"), str(results)),
+        *("--epochs", "0", "--lr-find"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    curves = [json.loads((results / f"lr_find-{rank}.json").read_text()) for rank in (0, 1)]
+    assert curves[0] == curves[1]
+    assert 2 <= len(curves[0]["losses"]) <= 12
+
+
+def test_leaving_the_group_after_an_error_does_not_hide_a_bug(monkeypatch):
+    """`abort()` ignores the group's own failure to close (it is leaving after an error), but
+    not a bug: that surfaces as itself."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+
+    def bug():
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(dist, "get_backend", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        distributed.abort()
+
+    def closed():
+        raise RuntimeError("[pair.cc:561] Connection closed by peer")
+
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "destroy_process_group", closed)
+    distributed.abort()  # nothing raised

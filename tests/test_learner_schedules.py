@@ -66,7 +66,7 @@ class Recorder(Callback):
     def __init__(self):
         self.lrs, self.betas, self.trainable, self.body_norm_training = [], [], [], []
 
-    def on_batch_end(self, learner, loss):
+    def after_batch(self, learner):
         self.lrs.append(learner.learning_rates())
         self.betas.append(sorted({g["betas"][0] for g in learner.optimizer.param_groups}))
         groups = torso.param_groups(learner.model)
@@ -194,3 +194,55 @@ def test_cpu_defaults_channels_last_and_no_autocast():
     weight = learner.model.body.parameters().__next__()
     assert weight.is_contiguous(memory_format=torch.channels_last) or weight.ndim != 4
     assert math.isclose(learner.weight_decay, 0.01)
+
+
+def test_weight_decay_of_one_fit_does_not_stick():
+    """A weight decay given to one call applies to that call only; the next call that gives
+    none trains with the Learner's own (0.01), as fastai's `fit(wd=...)` does."""
+
+    class DecayRecorder(Callback):
+        def __init__(self):
+            self.decays = []
+
+        def after_batch(self, learner):
+            self.decays.append(
+                sorted({g["weight_decay"] for g in learner.optimizer.param_groups if g["decays"]})
+            )
+
+    recorder = DecayRecorder()
+    learner = tiny_learner(batches=1, callbacks=[recorder])
+    learner.fit(1, 1e-3, weight_decay=0.5)
+    learner.fit(1, 1e-3)
+    learner.fit_one_cycle(1, 1e-3)
+    assert recorder.decays == [[0.5], [0.01], [0.01]]
+
+
+def test_callbacks_see_every_event_in_order():
+    from torso.train.callbacks import EVENTS
+
+    class Events(Callback):
+        def __init__(self):
+            self.seen = []
+
+    events = Events()
+    for name in EVENTS:
+        setattr(events, name, lambda learner, name=name: events.seen.append(name))
+    x, y = torch.rand(4, 3, 8, 8), torch.arange(4) % 3
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    loader = DataLoader(TensorDataset(x, y), batch_size=2)
+    learner = Learner(
+        model, loader, loader, task=get_task("classify"), callbacks=[events], accumulate=2
+    )
+    learner.fit(1, 1e-3)
+    accumulating = ["before_batch", "after_pred", "after_loss", "before_backward", "after_batch"]
+    stepping = [*accumulating[:-1], "before_step", "after_step", "after_batch"]
+    assert events.seen == [
+        "before_fit",
+        "before_epoch",
+        *accumulating,
+        *stepping,
+        "before_validate",
+        "after_validate",
+        "after_epoch",
+        "after_fit",
+    ]

@@ -150,3 +150,61 @@ def test_rich_progress_and_missing_tensorboard():
             TensorBoard()
     else:
         assert TensorBoard() is not None
+
+
+def test_learner_never_writes_into_its_config():
+    task = get_task("classify")
+    learner = make_learner(task, shapes, 32, 16, 3)
+    config = make_config(task, "test_resnet", 3, size=32)
+    learner.config = given = {key: value for key, value in config.items() if key != "num_outputs"}
+    copy = dict(given)
+    assert "accuracy" in learner.validate()
+    assert learner.config == copy and learner.config is given
+    learner.config = None  # no config at all: the number of outputs comes from the outputs
+    assert "accuracy" in learner.validate()
+    assert learner.config is None
+
+
+def test_lr_find_shows_its_progress_unless_quiet():
+    learner = make_learner(get_task("classify"), shapes, 64, 32, 3)
+    stream = io.StringIO()
+    result = learner.lr_find(num_it=20, stop_div=False, stream=stream)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("lr_find 2/20  lr ") and lines[-1].startswith("lr_find 20/20")
+    assert len(result.lrs) == 20 and learner.history == [] and learner.epoch == 0
+    quiet = io.StringIO()
+    learner.lr_find(num_it=20, quiet=True, stream=quiet)
+    assert quiet.getvalue() == ""
+
+
+def test_lr_find_runs_on_the_learner_as_it_stands_and_fine_tuning_freezes_first():
+    from torso.train.lr_find import find_learning_rate
+
+    learner = make_learner(get_task("classify"), shapes, 64, 32, 3)
+    head = len(learner.groups) - 1
+    frozen_during = []
+    run_finder = learner.lr_find
+
+    def watched(**options):
+        frozen_during.append(learner.frozen_to)
+        return run_finder(**options)
+
+    learner.lr_find = watched
+    result = find_learning_rate(learner, fine_tune=True, num_it=10, quiet=True)
+    assert result.suggestion > 0 and frozen_during == [head] and learner.frozen_to == 0
+    find_learning_rate(learner, fine_tune=False, num_it=10, quiet=True)
+    assert frozen_during == [head, 0] and learner.frozen_to == 0
+
+
+def test_predictor_gives_what_the_learner_gives():
+    from torso.predictor import Predictor
+
+    learner = make_learner(get_task("classify"), shapes, 32, 16, 3)
+    predictor = learner.predictor()
+    assert isinstance(predictor, Predictor) and predictor.model is learner.model
+    images, _ = shapes(4, seed=1)
+    assert predictor.predict(images) == learner.predict(images)
+    assert torch.equal(
+        predictor.get_preds(learner.valid_loader)["activations"],
+        learner.get_preds()["activations"],
+    )

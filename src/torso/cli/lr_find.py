@@ -24,8 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="find a good learning rate for DATA and a backbone",
         description=(
             "Train a few batches while the learning rate grows from 1e-7 to 10, plot the loss "
-            "against the rate and suggest a rate by fastai's valley rule. With --pretrained the "
-            "body is frozen, as in the first step of fine-tuning. "
+            "against the rate and suggest a rate by fastai's valley rule. The finder trains the "
+            "model as `torso train` would begin: with --pretrained the body is frozen, as in the "
+            "first step of fine-tuning. "
             "Example: torso lr-find ./pets --pretrained --backbone resnet34"
         ),
     )
@@ -38,6 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from torso.tasks import get_task
     from torso.train.learner import set_seed
+    from torso.train.lr_find import find_learning_rate
 
     if args.num_it < 10:
         raise TorsoError(f"--num-it must be at least 10, got {args.num_it}")
@@ -49,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     set_seed(args.seed)
     dls = load_training_data(args)
     learner = build_learner(args, dls, task, pretrained=pretrained)
-    if pretrained:
-        learner.freeze()
-    result = learner.lr_find(num_it=args.num_it, plot=plot)
+    result = find_learning_rate(
+        learner, fine_tune=pretrained, num_it=args.num_it, plot=plot, quiet=args.quiet
+    )
     print(f"suggested learning rate: {result.suggestion:.2e}  (plot: {result.plot})")
     return 0

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,13 @@ def optimizer_from_tensors(
     return {"state": state, "param_groups": groups}
 
 
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The states of Python's, NumPy's and torch's random generators (tensors + JSON)."""
     version, internal, gauss = random.getstate()
@@ -283,9 +291,17 @@ def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     keys = tensors["rng.numpy"].numpy().astype(np.uint32)
     np.random.set_state((kind, keys, position, has_gauss, cached))
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    cuda = [tensors[key] for key in cuda_rng_keys(tensors)]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def cuda_rng_keys(names: Iterable[str]) -> list[str]:
+    """The `rng.cuda.<index>` names among `names`, in GPU order: `rng.cuda.2` before
+    `rng.cuda.10` (sorted by number, not as strings)."""
+    prefix = "rng.cuda."
+    chosen = [name for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit()]
+    return sorted(chosen, key=lambda name: int(name[len(prefix) :]))
 
 
 def save_training_state(

@@ -13,10 +13,12 @@ rest of torso a few plain answers and operations:
   the validation share drops nothing and repeats nothing, so a metric gathered over the shares
   counts every validation image exactly once;
 * `sum_across`, `broadcast_from_main`, `gather_tensors`, `gather_in_order`,
-  `broadcast_buffers` for the Learner;
+  `broadcast_buffers`, `measured_together` for the Learner and the Predictor;
 * `cleanup()` destroys the group on exit, `abort()` on an error, and `failure_guard()` turns a
   peer that died or stopped answering (a collective that timed out after `timeout` seconds) into
-  a `PeerFailure` naming this process, so no process waits forever.
+  a `PeerFailure` naming this process, so no process waits forever. A broken group is known by
+  the exception's type: `torch.distributed.DistError`, or `CollectiveError` from a block run in
+  `collective()` (every exchange torso makes, DDP's included).
 
 Each process takes batches of the loader's `batch_size`: the global batch is `batch_size x
 world_size()`. With the samplers from `shard_samplers(seed)` the global batches of an epoch hold
@@ -164,7 +166,7 @@ def abort() -> None:
             abort_group()
         else:
             dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - leaving after an error; the first error is what matters
+    except (RuntimeError, ValueError):  # leaving after an error: the first error is what matters
         pass
 
 
@@ -192,9 +194,8 @@ def failure_guard() -> Iterator[None]:
         if not is_distributed():
             raise
         place = describe()
-        collective = isinstance(error, getattr(dist, "DistError", ())) or _mentions_peer(error)
         abort()
-        if collective:
+        if is_peer_failure(error):
             raise PeerFailure(
                 f"{place} stopped: another process failed or did not answer within "
                 f"{_timeout_seconds:g} s ({_first_line(error)})"
@@ -203,12 +204,29 @@ def failure_guard() -> Iterator[None]:
         raise
 
 
-def _mentions_peer(error: BaseException) -> bool:
-    text = str(error).lower()
-    return any(
-        word in text
-        for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
-    )
+class CollectiveError(RuntimeError):
+    """A collective operation (an all-reduce, a broadcast, DDP's gradient exchange) failed:
+    gloo reports a dead or silent peer as a plain `RuntimeError`, which `collective()` turns
+    into this type so that the cause is known by type, not by reading the message."""
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether `error` means that the process group broke (a peer died or timed out): a
+    `torch.distributed.DistError` (NCCL, the rendezvous store) or a `CollectiveError`."""
+    return isinstance(error, dist.DistError | CollectiveError)
+
+
+@contextmanager
+def collective() -> Iterator[None]:
+    """Run a block that exchanges data with the other processes; the `RuntimeError` by which
+    gloo reports a broken group becomes a `CollectiveError`. Running out of memory stays what
+    it is, and so does an error that is already typed (`DistError`, `TorsoError`)."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, dist.DistError, TorsoError, CollectiveError):
+        raise
+    except RuntimeError as error:
+        raise CollectiveError(str(error)) from error
 
 
 def _first_line(error: BaseException) -> str:
@@ -229,7 +247,8 @@ def sum_across(values: Sequence[float]) -> list[float]:
         return [float(value) for value in values]
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
     tensor = tensor.to(_collective_device())
-    dist.all_reduce(tensor)
+    with collective():
+        dist.all_reduce(tensor)
     return tensor.cpu().tolist()
 
 
@@ -238,7 +257,8 @@ def broadcast_from_main(value: Any) -> Any:
     if not is_distributed():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    with collective():
+        dist.broadcast_object_list(box, src=0, device=_collective_device())
     return box[0]
 
 
@@ -254,12 +274,14 @@ def gather_tensors(tensor: torch.Tensor) -> torch.Tensor:
     local = tensor.to(device).contiguous()
     length = torch.tensor([local.shape[0]], device=device)
     lengths = [torch.zeros_like(length) for _ in range(world_size())]
-    dist.all_gather(lengths, length)
+    with collective():
+        dist.all_gather(lengths, length)
     longest = int(max(int(n) for n in lengths))
     padded = local.new_zeros((longest, *local.shape[1:]))
     padded[: local.shape[0]] = local
     pieces = [torch.zeros_like(padded) for _ in range(world_size())]
-    dist.all_gather(pieces, padded)
+    with collective():
+        dist.all_gather(pieces, padded)
     return torch.cat([piece[: int(n)] for piece, n in zip(pieces, lengths, strict=True)]).to(
         tensor.device
     )
@@ -285,13 +307,31 @@ def broadcast_buffers(model: nn.Module) -> None:
     if not is_distributed():
         return
     device = _collective_device()
-    for buffer in model.buffers():
-        if buffer.device == device:
-            dist.broadcast(buffer, src=0)
-        else:
-            moved = buffer.to(device)
-            dist.broadcast(moved, src=0)
-            buffer.copy_(moved)
+    with collective():
+        for buffer in model.buffers():
+            if buffer.device == device:
+                dist.broadcast(buffer, src=0)
+            else:
+                moved = buffer.to(device)
+                dist.broadcast(moved, src=0)
+                buffer.copy_(moved)
+
+
+def measured_together(loader: Any, model: nn.Module) -> bool:
+    """Whether all processes measure `loader` together, each its own share (a `ShardSampler`):
+    a collective call then, which every process must make. When they do, every process first
+    takes the main process's buffers (BatchNorm statistics), so all measure the same model, and a
+    share left empty (more processes than validation images) is a `TorsoError`."""
+    shared = is_distributed() and isinstance(getattr(loader, "sampler", None), ShardSampler)
+    if shared:
+        broadcast_buffers(model)
+        shares = gather_tensors(torch.tensor([len(loader)]))
+        if int(shares.min()) == 0:
+            raise TorsoError(
+                f"the validation set is too small for {world_size()} processes: "
+                "each needs at least one validation image"
+            )
+    return shared
 
 
 # -- each process's share of the data ------------------------------------------------------------

@@ -39,7 +39,7 @@ class CSVLog(Callback):
             return self.path
         return Path(learner.out) / "metrics.csv" if learner.out is not None else None
 
-    def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
+    def after_epoch(self, learner: Learner) -> None:
         target = self._target(learner)
         if target is not None:
             atomic_write(target, history_to_csv(learner.history).encode())

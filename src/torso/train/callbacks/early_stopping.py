@@ -30,7 +30,8 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.wait = 0
 
-    def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
+    def after_epoch(self, learner: Learner) -> None:
+        row = learner.history[-1]
         name, value = monitored_value(learner, row, self.monitor)
         sign = 1 if higher_is_better(learner, name) else -1
         if math.isnan(value):

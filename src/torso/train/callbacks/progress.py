@@ -10,8 +10,6 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING
 
-import torch
-
 from torso.train.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -62,7 +60,7 @@ class Progress(Callback):
     def _output(self) -> IO[str]:
         return self.stream or sys.stdout
 
-    def on_train_start(self, learner: Learner) -> None:
+    def before_fit(self, learner: Learner) -> None:
         use_rich = self.rich_display
         if use_rich is None:
             use_rich = getattr(self._output(), "isatty", lambda: False)()
@@ -85,7 +83,7 @@ class Progress(Callback):
             )
             self._progress.start()
 
-    def on_epoch_start(self, learner: Learner) -> None:
+    def before_epoch(self, learner: Learner) -> None:
         if self._progress is not None:
             description = f"epoch {learner.epoch + 1}/{learner.total_epochs}"
             if self._task_id is not None:
@@ -94,7 +92,8 @@ class Progress(Callback):
                 description, total=learner.num_batches, status=""
             )
 
-    def on_batch_end(self, learner: Learner, loss: torch.Tensor) -> None:
+    def after_batch(self, learner: Learner) -> None:
+        loss = learner.loss
         if self._progress is not None and self._task_id is not None:
             # Reading the loss waits for the device: refresh the number a few times a second.
             now = time.perf_counter()
@@ -104,7 +103,8 @@ class Progress(Callback):
             else:
                 self._progress.update(self._task_id, advance=1)
 
-    def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
+    def after_epoch(self, learner: Learner) -> None:
+        row = learner.history[-1]
         self._epochs_done_here += 1
         remaining = learner.total_epochs - learner.epoch - 1
         elapsed = time.perf_counter() - self._started
@@ -117,7 +117,7 @@ class Progress(Callback):
         else:
             print(line, file=self._output(), flush=True)
 
-    def on_train_end(self, learner: Learner) -> None:
+    def after_fit(self, learner: Learner) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -27,7 +27,8 @@ class SaveBest(Callback):
         self.best: float | None = None
         self.best_epoch: int | None = None
 
-    def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
+    def after_epoch(self, learner: Learner) -> None:
+        row = learner.history[-1]
         name, value = monitored_value(learner, row, self.monitor)
         if math.isnan(value):
             return

@@ -30,20 +30,21 @@ class TensorBoard(Callback):
         self.folder = Path(folder) if folder is not None else None
         self._writer = None
 
-    def on_train_start(self, learner: Learner) -> None:
+    def before_fit(self, learner: Learner) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         folder = self.folder or Path(learner.out or ".") / "tensorboard"
         self._writer = SummaryWriter(log_dir=str(folder))
 
-    def on_epoch_end(self, learner: Learner, row: dict[str, float]) -> None:
+    def after_epoch(self, learner: Learner) -> None:
+        row = learner.history[-1]
         if self._writer is not None:
             for key, value in row.items():
                 if key != "epoch":
                     self._writer.add_scalar(key, value, int(row["epoch"]))
             self._writer.flush()
 
-    def on_train_end(self, learner: Learner) -> None:
+    def after_fit(self, learner: Learner) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -1,0 +1,93 @@
+"""The optimiser of a Learner: AdamW over the parameter groups (betas 0.9/0.99 and eps 1e-5, as
+fastai's Adam), with weight decay on weights only (none on normalisation layers nor biases), and
+the per-group hyper-parameters the schedules set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from torso.errors import TorsoError
+from torso.models.norm import is_norm_layer
+
+
+def no_decay_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters that get no weight decay: normalisation layers' and all biases."""
+    chosen: set[int] = set()
+    for module in model.modules():
+        norm = is_norm_layer(module)
+        for name, parameter in module.named_parameters(recurse=False):
+            if norm or name == "bias" or name.endswith("_bias"):
+                chosen.add(id(parameter))
+    return chosen
+
+
+def create_optimizer(
+    model: nn.Module, groups: Sequence[Sequence[nn.Parameter]], weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW with two torch groups per parameter group `i` (`"group": i`): the weights, with
+    `weight_decay` (`"decays": True`), and the parameters of `no_decay_parameters`, without."""
+    no_decay = no_decay_parameters(model)
+    torch_groups = []
+    for index, group in enumerate(groups):
+        decay = [p for p in group if id(p) not in no_decay]
+        plain = [p for p in group if id(p) in no_decay]
+        for params, rate in ((decay, weight_decay), (plain, 0.0)):
+            if params:
+                torch_groups.append(
+                    {"params": params, "weight_decay": rate, "group": index, "decays": rate > 0}
+                )
+    return torch.optim.AdamW(torch_groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
+
+
+def set_hyper(
+    optimizer: torch.optim.Optimizer,
+    lrs: Sequence[float],
+    beta1: float | None = None,
+    weight_decay: float | None = None,
+) -> None:
+    """Set each parameter group's learning rate (`lrs[i]` for group `i`), and when given Adam's
+    beta1 (the momentum) and the weight decay of the groups that decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = lrs[group["group"]]
+        if beta1 is not None:
+            group["betas"] = (beta1, group["betas"][1])
+        if weight_decay is not None and group["decays"]:
+            group["weight_decay"] = weight_decay
+
+
+def learning_rates(optimizer: torch.optim.Optimizer, count: int) -> list[float]:
+    """The current learning rate of each of the `count` parameter groups."""
+    rates = [0.0] * count
+    for group in optimizer.param_groups:
+        rates[group["group"]] = group["lr"]
+    return rates
+
+
+def parameter_groups(
+    model: nn.Module, splitter: Callable[[nn.Module], list[list[nn.Parameter]]] | None = None
+) -> list[list[nn.Parameter]]:
+    """`splitter(model)`, by default `torso.models.param_groups(model)` (the body's groups, then
+    the head), as lists; a TorsoError when there is nothing to train."""
+    if splitter is None:
+        from torso.models import param_groups as splitter
+    groups = [list(group) for group in splitter(model)]
+    if not groups or not any(groups):
+        raise TorsoError("the model has no parameters to train")
+    return groups
+
+
+def freeze_groups(
+    model: nn.Module, groups: Sequence[Sequence[nn.Parameter]], first: int, *, train_bn: bool
+) -> None:
+    """Train only `groups[first:]` of a model split by a custom splitter; with `train_bn` the
+    normalisation layers keep training wherever they are (fastai's default)."""
+    for index, group in enumerate(groups):
+        for parameter in group:
+            parameter.requires_grad_(index >= first)
+    if train_bn:
+        for module in filter(is_norm_layer, model.modules()):
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(True)
