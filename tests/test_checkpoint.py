@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import torso
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.predictor import load
 from torso.tasks import get_task
@@ -18,7 +19,6 @@ from torso.train.checkpoint import (
     capture_rng,
     load_model,
     load_training_state,
-    make_config,
     optimizer_from_tensors,
     optimizer_to_tensors,
     restore_rng,
@@ -31,7 +31,9 @@ from torso.train.checkpoint import (
 def saved(tmp_path):
     torch.manual_seed(0)
     task = get_task("classify", label_smoothing=0.1)
-    config = make_config(task, "test_resnet", 3, classes=["a", "b", "c"], size=32)
+    config = RunConfig(
+        "classify", "test_resnet", 3, 32, classes=["a", "b", "c"], task_options=task.options
+    )
     model = task.build_model(config).eval()
     save_model(model, config, tmp_path / "run")
     return tmp_path / "run", model
@@ -43,8 +45,8 @@ def test_round_trip_gives_the_same_outputs(saved):
     loaded, config = load_model(folder)
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
-    assert config["classes"] == ["a", "b", "c"] and config["task_options"]["label_smoothing"] == 0.1
-    assert config["torso_version"] == torso.__version__
+    assert config.classes == ("a", "b", "c") and config.task_options["label_smoothing"] == 0.1
+    assert config.torso_version == torso.__version__
 
 
 def test_torso_load_predicts_with_class_names(saved):

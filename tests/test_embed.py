@@ -163,11 +163,12 @@ def test_bad_file_is_named_or_skipped_and_counted(images, tmp_path, capsys):
 
 
 def test_index_from_a_trained_run_uses_its_size_and_rebuilds_its_model(images, tmp_path, capsys):
+    from torso.config import RunConfig
     from torso.tasks import get_task
-    from torso.train.checkpoint import make_config, save_model
+    from torso.train.checkpoint import save_model
 
     task = get_task("classify")
-    config = make_config(task, "test_resnet", 3, classes=["a", "b", "c"], size=48)
+    config = RunConfig("classify", "test_resnet", 3, 48, classes=["a", "b", "c"])
     run = save_model(task.build_model(config), config, tmp_path / "run")
     out = tmp_path / "run.npy"
     assert main(["embed", str(run), str(images), "--out", str(out), "--quiet"]) == 0

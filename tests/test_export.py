@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from torso.cli import main
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks import get_task
 from torso.tools.export import export_model, export_run
-from torso.train.checkpoint import make_config, save_model
+from torso.train.checkpoint import save_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -21,10 +22,12 @@ def saved_run(folder, task_name: str, num_outputs: int, size: int, **task_option
     """A run folder with a random-weight model of `task_name` on `test_resnet`."""
     task = get_task(task_name, **task_options)
     classes = [f"class{i}" for i in range(num_outputs)]
-    config = make_config(task, "test_resnet", num_outputs, classes=classes, size=size)
+    config = RunConfig(
+        task.name, "test_resnet", num_outputs, size, classes=classes, task_options=task.options
+    )
     torch.manual_seed(0)
     model = task.build_model(config).eval()
-    config["stats"] = [list(model[0].stats[0]), list(model[0].stats[1])]
+    config = config.replace(stats=model[0].stats)
     save_model(model, config, folder)
     return model, config
 
@@ -88,7 +91,7 @@ def test_a_failed_trace_is_a_clear_message_and_writes_nothing(tmp_path):
         def forward(self, images):
             return {"scores": images.mean()}  # tracing refuses dict outputs of this kind
 
-    config = {"task": "classify", "in_channels": 3, "size": 8}
+    config = RunConfig("classify", "test_resnet", 2, 8)
     with pytest.raises(TorsoError, match="TorchScript tracing .* failed.*--format onnx"):
         export_model(Branchy(), config, tmp_path / "m.pt", format="torchscript")
     assert not (tmp_path / "m.pt").exists()

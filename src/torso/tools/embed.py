@@ -42,9 +42,11 @@ from numpy.lib.format import open_memmap
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from torso.data.decode import is_image_file, read_image
-from torso.data.transforms import check_resize_mode, resize_square
+from torso.data.decode import is_image_file
+from torso.data.prepare import prepare_image
+from torso.data.transforms import check_resize_mode
 from torso.errors import TorsoError
+from torso.files import atomic_write
 
 POOLINGS = ("avg", "concat")
 INDEX_FORMAT = "torso-embeddings"
@@ -180,19 +182,18 @@ def load_embedder(
         from torso.train.checkpoint import load_model
 
         full_model, config = load_model(path)
-        body = full_model[0]
-        backbone = str(config["backbone"])
+        body = getattr(full_model, "body", None)
+        if body is None:
+            body = full_model[0]
+        backbone = config.backbone
         source, location = "run", str(path.resolve())
-        run_size = config.get("size")
-        run_size = run_size[0] if isinstance(run_size, list) else run_size
-        size = size or run_size or DEFAULT_SIZE
-        run_channels = int(config.get("in_channels", 3))
-        if in_channels is not None and in_channels != run_channels:
+        size = size or config.height
+        if in_channels is not None and in_channels != config.in_channels:
             raise TorsoError(
-                f"'{path}' was trained on {run_channels}-channel images, not {in_channels}"
+                f"'{path}' was trained on {config.in_channels}-channel images, not {in_channels}"
             )
-        in_channels = run_channels
-        resize = resize or config.get("resize") or "squish"
+        in_channels = config.in_channels
+        resize = resize or config.resize
     elif path.is_dir() or path.suffix == ".json":
         raise TorsoError(f"'{path}' is not a torso run folder (it has no {CONFIG_FILE})")
     else:
@@ -285,9 +286,9 @@ def list_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
 
 
 def read_for_embedding(path: Path, identity: ModelIdentity) -> torch.Tensor:
-    """One image as uint8 `(C, size, size)`, read and resized exactly as validation does."""
-    image = read_image(path, identity.in_channels, draft_size=(identity.size, identity.size))
-    return resize_square(image, identity.size, identity.resize)[0]
+    """One image as uint8 `(C, size, size)`: exactly the pixels validation (and
+    `torso.data.prepare.prepare_images`) gives, with no JPEG draft-mode decoding."""
+    return prepare_image(Path(path), identity.size, identity.in_channels, identity.resize)
 
 
 class _ImageFiles(Dataset):
@@ -438,12 +439,6 @@ def _temporary_name(out: Path) -> str:
     return name
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    temporary = _temporary_name(path)
-    Path(temporary).write_text(text)
-    os.replace(temporary, path)
-
-
 @torch.inference_mode()
 def embed_files(
     embedder: Embedder,
@@ -536,7 +531,7 @@ def embed_files(
             "files": names,
             "skipped": [{"file": file, "reason": reason} for file, reason in skipped],
         }
-        _atomic_text(result.sidecar, json.dumps(sidecar, indent=1) + "\n")
+        atomic_write(result.sidecar, json.dumps(sidecar, indent=1) + "\n")
     return result
 
 
