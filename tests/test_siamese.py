@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.models import count_parameters, freeze, param_groups
 from torso.models.bodies import Body
@@ -97,7 +98,7 @@ def test_task_loss_metrics_and_description():
     assert records[1]["probability"] == pytest.approx(float(torch.tensor([0.0, 3.0]).softmax(0)[1]))
     assert records[0]["same_probability"] == pytest.approx(1 - records[0]["probability"], abs=1e-6)
     with pytest.raises(TorsoError, match="2 outputs"):
-        task.build_model({"backbone": "test_resnet", "num_outputs": 3})
+        task.build_model(RunConfig("siamese", "test_resnet", 3, 32))
 
 
 def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, capsys):
