@@ -248,3 +248,20 @@ def test_faiss_backend_matches_numpy_or_names_faiss():
     expected_rows, expected_scores = search(vectors, queries, k=5, backend="numpy")
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def test_embedding_a_file_equals_embedding_its_prepared_tensor(tmp_path):
+    """A large JPEG is decoded at full size (no draft-mode scaling): its embedding is the
+    embedding of the validation pixels that `prepare_images` gives."""
+    from torso.config import RunConfig
+    from torso.data.prepare import prepare_images
+
+    rng = np.random.default_rng(1)
+    photo = tmp_path / "large.jpg"
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo, quality=90)
+    embedder, identity = load_embedder("test_resnet", size=SIZE)
+    from_file = embed.embed_query(embedder, identity, [photo])
+    config = RunConfig("classify", "test_resnet", 1, identity.size, resize=identity.resize)
+    with torch.no_grad():
+        from_tensor = embedder(prepare_images(config, photo)).numpy()
+    np.testing.assert_array_equal(from_file, from_tensor)

@@ -109,3 +109,26 @@ def test_cli_export_prints_the_difference_and_names_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
     assert ".json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_export_lets_memory_errors_and_bugs_through(tmp_path, monkeypatch, format):
+    """Only the exporters' own errors mean "cannot export"; running out of memory or a bug in
+    torso is not turned into that message."""
+    model, config = saved_run(tmp_path, "classify", 2, 32)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    def bug(*args, **kwargs):
+        raise NameError("name 'undefined' is not defined")
+
+    target = "export" if format == "onnx" else "trace"
+    module = torch.onnx if format == "onnx" else torch.jit
+    for failure, kind in ((out_of_memory, MemoryError), (bug, NameError)):
+        monkeypatch.setattr(module, target, failure)
+        with pytest.raises(kind):
+            export_model(model, config, tmp_path / "m.out", format=format)
+    monkeypatch.setattr(module, target, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(TorsoError, match="failed for this model: no"):
+        export_model(model, config, tmp_path / "m.out", format=format)
