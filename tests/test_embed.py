@@ -3,6 +3,7 @@ model's identity, bad files, and the `torso embed` / `torso similar` commands.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -187,7 +188,10 @@ def test_search_in_chunks_matches_brute_force(monkeypatch):
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(1000, 16)).astype(np.float32)
     queries = rng.normal(size=(3, 16)).astype(np.float32)
-    monkeypatch.setattr(embed, "SEARCH_CHUNK_ROWS", 97)
+    # the module, not the function `embed.search` of the same name
+    monkeypatch.setattr(
+        importlib.import_module("torso.tools.embed.search"), "SEARCH_CHUNK_ROWS", 97
+    )
     rows, scores = search(vectors, queries, k=7, backend="numpy")
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosine = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T

@@ -132,3 +132,15 @@ def test_export_lets_memory_errors_and_bugs_through(tmp_path, monkeypatch, forma
     monkeypatch.setattr(module, target, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
     with pytest.raises(TorsoError, match="failed for this model: no"):
         export_model(model, config, tmp_path / "m.out", format=format)
+
+
+def test_export_checks_on_a_real_image_prepared_as_validation_does(tmp_path):
+    from PIL import Image
+
+    saved_run(tmp_path, "classify", 2, 32)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save(photo)
+    result = export_run(tmp_path, format="torchscript", check_image=photo)
+    assert result.max_abs_diff < 1e-4 and result.checked_shapes == [(1, 3, 32, 32)]
+    with pytest.raises(TorsoError, match="trained size 32x32"):
+        export_run(tmp_path, format="torchscript", size=48, check_image=photo)

@@ -207,11 +207,15 @@ def _verify(
     data: bytes,
     names: list[str],
     shapes: list[tuple[int, ...]],
+    image: torch.Tensor | None = None,
 ) -> tuple[float, list[tuple[int, ...]]]:
     run = _runner(format, data, names)
     largest, checked = 0.0, []
     for seed, shape in enumerate(shapes, start=1):
-        inputs = _random_inputs(names, shape, seed)
+        if seed == 1 and image is not None:
+            inputs = (image,) * len(names)  # a real image, as validation prepares it
+        else:
+            inputs = _random_inputs(names, shape, seed)
         try:
             with torch.no_grad():
                 expected = model(*inputs).float()
@@ -289,6 +293,7 @@ def export_model(
     dynamic: bool = False,
     verify: bool = True,
     tolerance: float = TOLERANCE,
+    check_image: Any = None,
 ) -> ExportResult:
     """Export `model` (described by its run config, or `torso.json`'s dict) to `path` and
     check it.
@@ -297,8 +302,10 @@ def export_model(
     trained size. `dynamic` (ONNX) leaves the batch, height and width free; it is then also
     checked at batch 2 and at a 32-pixel larger size. With `verify`, the export is run on random
     inputs and compared with `model`; a largest absolute difference above `tolerance` raises
-    `ExportMismatchError` and nothing is written. The JSON description goes to `path` with the
-    suffix `.json`.
+    `ExportMismatchError` and nothing is written. `check_image` (a path, PIL image, array or
+    tensor) replaces the first random input by that image prepared as validation prepares it
+    (`torso.data.prepare.prepare_images`; the export must then have the trained size). The JSON
+    description goes to `path` with the suffix `.json`.
     """
     if format not in FORMATS:
         raise TorsoError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -311,6 +318,16 @@ def export_model(
     names = input_names(config)
     height, width = image_size(config, size)
     shape = (1, config.in_channels, height, width)
+    image = None
+    if check_image is not None:
+        from torso.data.prepare import prepare_images
+
+        if (height, width) != config.size:
+            raise TorsoError(
+                f"a check image is prepared at the trained size {config.height}x{config.width}; "
+                f"this export is {height}x{width}"
+            )
+        image = prepare_images(config, check_image)[:1]
     example = _random_inputs(names, shape, seed=0)
     try:
         with torch.no_grad():
@@ -323,7 +340,9 @@ def export_model(
         data = _to_torchscript(model, example)
     difference, checked = None, []
     if verify:
-        difference, checked = _verify(model, format, data, names, _check_shapes(shape, dynamic))
+        difference, checked = _verify(
+            model, format, data, names, _check_shapes(shape, dynamic), image
+        )
         if difference > tolerance:
             raise ExportMismatchError(
                 f"the exported {format} model's outputs differ from PyTorch's by up to "
@@ -351,6 +370,7 @@ def export_run(
     dynamic: bool = False,
     verify: bool = True,
     tolerance: float = TOLERANCE,
+    check_image: Any = None,
 ) -> ExportResult:
     """Export the model saved in `run` (a folder with `torso.json` + `model.safetensors`).
 
@@ -372,4 +392,5 @@ def export_run(
         dynamic=dynamic,
         verify=verify,
         tolerance=tolerance,
+        check_image=check_image,
     )
