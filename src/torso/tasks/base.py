@@ -177,7 +177,11 @@ class Task:
         """
         from torso.files import atomic_write
 
-        records = predictor.predict(list(paths), tta=tta, batch_size=batch_size)
+        records: list[dict[str, Any]] = []
+        step = batch_size * self.images_per_sample  # only one batch of images in memory
+        for start in range(0, len(paths), step):
+            chunk = list(paths[start : start + step])
+            records.extend(predictor.predict(chunk, tta=tta, batch_size=batch_size))
         text = records_csv(paths, records)
         if out is None:
             sys.stdout.write(text)
