@@ -4,6 +4,10 @@ Batches are `(images (N, C, H, W), masks int64 (N, H, W))` (`torso.data.load_dat
 task="segment")`); mask pixels equal to `ignore_index` (255, "void") count for nothing. The model
 is `torso.models.segmentation.DynamicUnet(body, num_classes)`, whose outputs are class scores
 (logits) `(N, num_classes, H, W)` at the image's size.
+
+`torso predict` of a segmentation run (`SegmentTask.predict_files`) writes, for each image, a
+palette mask PNG at the image's own size and an overlay, and a CSV of each class's share of the
+pixels; the report shows image | truth | prediction for a few validation images.
 """
 
 from __future__ import annotations
