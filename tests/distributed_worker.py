@@ -60,7 +60,12 @@ def build_learner(
         dls.train,
         dls.valid,
         task=get_task("classify"),
-        config={"task": "classify", "backbone": "test_convnext", "num_outputs": dls.num_outputs},
+        config={
+            "task": "classify",
+            "backbone": "test_convnext",
+            "num_outputs": dls.num_outputs,
+            "size": dls.size,
+        },
         callbacks=[CSVLog(), SaveBest(), *callbacks],
         out=out,
     )

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import torso
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.predictor import load
 from torso.tasks import get_task
@@ -18,7 +19,6 @@ from torso.train.checkpoint import (
     capture_rng,
     load_model,
     load_training_state,
-    make_config,
     optimizer_from_tensors,
     optimizer_to_tensors,
     restore_rng,
@@ -31,7 +31,9 @@ from torso.train.checkpoint import (
 def saved(tmp_path):
     torch.manual_seed(0)
     task = get_task("classify", label_smoothing=0.1)
-    config = make_config(task, "test_resnet", 3, classes=["a", "b", "c"], size=32)
+    config = RunConfig(
+        "classify", "test_resnet", 3, 32, classes=["a", "b", "c"], task_options=task.options
+    )
     model = task.build_model(config).eval()
     save_model(model, config, tmp_path / "run")
     return tmp_path / "run", model
@@ -43,8 +45,8 @@ def test_round_trip_gives_the_same_outputs(saved):
     loaded, config = load_model(folder)
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
-    assert config["classes"] == ["a", "b", "c"] and config["task_options"]["label_smoothing"] == 0.1
-    assert config["torso_version"] == torso.__version__
+    assert config.classes == ("a", "b", "c") and config.task_options["label_smoothing"] == 0.1
+    assert config.torso_version == torso.__version__
 
 
 def test_torso_load_predicts_with_class_names(saved):
@@ -136,3 +138,54 @@ def test_damaged_training_state_is_refused(tmp_path):
         load_training_state(path)
     with pytest.raises(TorsoError, match="does not exist"):
         load_training_state(tmp_path / "other.safetensors")
+
+
+def edited(folder, change):
+    """Apply `change` to the JSON object in `folder/torso.json` and write it back."""
+    description = folder / "torso.json"
+    data = json.loads(description.read_text())
+    change(data)
+    description.write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("backbone"), "lacks 'backbone'"),
+        (lambda d: d.pop("size"), "lacks 'size'"),
+        (lambda d: d.pop("weights_sha256"), "lacks 'weights_sha256'"),
+        (lambda d: d.update(num_outputs="three"), "num_outputs must be a whole number"),
+        (lambda d: d.update(size="big"), "size must be"),
+        (lambda d: d.update(classes="a b c"), "classes must be a list"),
+        (lambda d: d.update(stats=[[0.5], "x"]), "stats"),
+        (lambda d: d.update(task_options=[1]), "task_options must be an object"),
+        (lambda d: d.update(resize="stretch"), "resize must be one of"),
+        (lambda d: d.update(format_version=99), "format_version 99, newer than"),
+        (lambda d: d.update(format="something-else"), "not a torso model description"),
+    ],
+)
+def test_a_hand_edited_torso_json_names_the_file_and_the_field(saved, change, message):
+    folder = edited(saved[0], change)
+    with pytest.raises(TorsoError, match=message) as error:
+        load_model(folder)
+    assert "torso.json" in str(error.value)
+
+
+def test_a_version_1_torso_json_still_loads(saved):
+    """The untyped description of torso 0.1 (format_version 1, size a number, no resize)."""
+    folder, model = saved
+
+    def version_1(data):
+        data.update(format_version=1, size=32, torso_version="0.1.0")
+        data.pop("resize")
+
+    loaded, config = load_model(edited(folder, version_1))
+    assert config.size == (32, 32) and config.resize == "squish" and config.torso_version == "0.1.0"
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    written = json.loads((folder / "torso.json").read_text())
+    save_model(loaded, config, folder)
+    rewritten = json.loads((folder / "torso.json").read_text())
+    assert rewritten["format_version"] == 2 and rewritten["size"] == [32, 32]
+    assert rewritten["weights_sha256"] == written["weights_sha256"]

@@ -194,3 +194,39 @@ def test_compute_threads_leave_the_loader_workers_their_cores(monkeypatch):
         assert set_compute_threads(3, 2) == 3  # --threads wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_resume_without_out_is_a_one_line_error(data, capsys):
+    """`torso train DATA --resume` with no run folder: one line naming the fix, exit 2."""
+    assert run_cli(["train", str(data), "--resume", *TINY]) == 2
+    error = capsys.readouterr().err
+    assert error.strip().splitlines() == [
+        "torso: error: --resume needs the run folder: --resume RUN or --out RUN"
+    ]
+
+
+def test_train_lr_find_freezes_the_body_when_fine_tuning(data, tmp_path, monkeypatch):
+    """`torso train --lr-find --pretrained` finds the rate for the first (frozen) step, as
+    `torso lr-find --pretrained` does."""
+    from torso.train.learner import Learner
+
+    class Found(Exception):
+        pass
+
+    seen = {}
+
+    def record(learner, **options):
+        seen["frozen_to"] = learner.frozen_to
+        seen["groups"] = len(learner.groups)
+        raise Found
+
+    monkeypatch.setattr(Learner, "lr_find", record)
+    weights = tmp_path / "pretrained.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()},
+        weights,
+    )
+    arguments = ["train", str(data), *TINY, "--weights", str(weights), "--lr-find"]
+    with pytest.raises(Found):
+        main([*arguments, "--out", str(tmp_path / "run")])
+    assert seen["frozen_to"] == seen["groups"] - 1  # only the head trains

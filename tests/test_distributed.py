@@ -230,8 +230,10 @@ def test_torso_train_under_torchrun_resumes_after_sigkill(data, tmp_path):
     # The last epoch's metrics are those of the saved model over the whole validation set.
     from torso.data import load_data
     from torso.predictor import load
+    from torso.train.learner import Learner
 
-    learner = load(run)
+    saved = load(run)  # a Predictor: the Learner measures loss and metrics
+    learner = Learner(saved.model, task=saved.task, config=saved.config.to_dict(), device="cpu")
     valid = load_data(data, size=32, batch_size=4, num_workers=0, seed=3).valid
     assert len(valid.dataset) == VALID_IMAGES
     measured = learner.validate(valid)

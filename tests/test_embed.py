@@ -3,6 +3,7 @@ model's identity, bad files, and the `torso embed` / `torso similar` commands.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -163,11 +164,12 @@ def test_bad_file_is_named_or_skipped_and_counted(images, tmp_path, capsys):
 
 
 def test_index_from_a_trained_run_uses_its_size_and_rebuilds_its_model(images, tmp_path, capsys):
+    from torso.config import RunConfig
     from torso.tasks import get_task
-    from torso.train.checkpoint import make_config, save_model
+    from torso.train.checkpoint import save_model
 
     task = get_task("classify")
-    config = make_config(task, "test_resnet", 3, classes=["a", "b", "c"], size=48)
+    config = RunConfig("classify", "test_resnet", 3, 48, classes=["a", "b", "c"])
     run = save_model(task.build_model(config), config, tmp_path / "run")
     out = tmp_path / "run.npy"
     assert main(["embed", str(run), str(images), "--out", str(out), "--quiet"]) == 0
@@ -186,7 +188,10 @@ def test_search_in_chunks_matches_brute_force(monkeypatch):
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(1000, 16)).astype(np.float32)
     queries = rng.normal(size=(3, 16)).astype(np.float32)
-    monkeypatch.setattr(embed, "SEARCH_CHUNK_ROWS", 97)
+    # the module, not the function `embed.search` of the same name
+    monkeypatch.setattr(
+        importlib.import_module("torso.tools.embed.search"), "SEARCH_CHUNK_ROWS", 97
+    )
     rows, scores = search(vectors, queries, k=7, backend="numpy")
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosine = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
@@ -247,3 +252,20 @@ def test_faiss_backend_matches_numpy_or_names_faiss():
     expected_rows, expected_scores = search(vectors, queries, k=5, backend="numpy")
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def test_embedding_a_file_equals_embedding_its_prepared_tensor(tmp_path):
+    """A large JPEG is decoded at full size (no draft-mode scaling): its embedding is the
+    embedding of the validation pixels that `prepare_images` gives."""
+    from torso.config import RunConfig
+    from torso.data.prepare import prepare_images
+
+    rng = np.random.default_rng(1)
+    photo = tmp_path / "large.jpg"
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo, quality=90)
+    embedder, identity = load_embedder("test_resnet", size=SIZE)
+    from_file = embed.embed_query(embedder, identity, [photo])
+    config = RunConfig("classify", "test_resnet", 1, identity.size, resize=identity.resize)
+    with torch.no_grad():
+        from_tensor = embedder(prepare_images(config, photo)).numpy()
+    np.testing.assert_array_equal(from_file, from_tensor)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from torso.cli import main
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks import get_task
 from torso.tools.export import export_model, export_run
-from torso.train.checkpoint import make_config, save_model
+from torso.train.checkpoint import save_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -21,10 +22,12 @@ def saved_run(folder, task_name: str, num_outputs: int, size: int, **task_option
     """A run folder with a random-weight model of `task_name` on `test_resnet`."""
     task = get_task(task_name, **task_options)
     classes = [f"class{i}" for i in range(num_outputs)]
-    config = make_config(task, "test_resnet", num_outputs, classes=classes, size=size)
+    config = RunConfig(
+        task.name, "test_resnet", num_outputs, size, classes=classes, task_options=task.options
+    )
     torch.manual_seed(0)
     model = task.build_model(config).eval()
-    config["stats"] = [list(model.body.stats[0]), list(model.body.stats[1])]
+    config = config.replace(stats=model.body.stats)
     save_model(model, config, folder)
     return model, config
 
@@ -88,7 +91,7 @@ def test_a_failed_trace_is_a_clear_message_and_writes_nothing(tmp_path):
         def forward(self, images):
             return {"scores": images.mean()}  # tracing refuses dict outputs of this kind
 
-    config = {"task": "classify", "in_channels": 3, "size": 8}
+    config = RunConfig("classify", "test_resnet", 2, 8)
     with pytest.raises(TorsoError, match="TorchScript tracing .* failed.*--format onnx"):
         export_model(Branchy(), config, tmp_path / "m.pt", format="torchscript")
     assert not (tmp_path / "m.pt").exists()
@@ -106,3 +109,38 @@ def test_cli_export_prints_the_difference_and_names_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
     assert ".json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_export_lets_memory_errors_and_bugs_through(tmp_path, monkeypatch, format):
+    """Only the exporters' own errors mean "cannot export"; running out of memory or a bug in
+    torso is not turned into that message."""
+    model, config = saved_run(tmp_path, "classify", 2, 32)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    def bug(*args, **kwargs):
+        raise NameError("name 'undefined' is not defined")
+
+    target = "export" if format == "onnx" else "trace"
+    module = torch.onnx if format == "onnx" else torch.jit
+    for failure, kind in ((out_of_memory, MemoryError), (bug, NameError)):
+        monkeypatch.setattr(module, target, failure)
+        with pytest.raises(kind):
+            export_model(model, config, tmp_path / "m.out", format=format)
+    monkeypatch.setattr(module, target, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(TorsoError, match="failed for this model: no"):
+        export_model(model, config, tmp_path / "m.out", format=format)
+
+
+def test_export_checks_on_a_real_image_prepared_as_validation_does(tmp_path):
+    from PIL import Image
+
+    saved_run(tmp_path, "classify", 2, 32)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save(photo)
+    result = export_run(tmp_path, format="torchscript", check_image=photo)
+    assert result.max_abs_diff < 1e-4 and result.checked_shapes == [(1, 3, 32, 32)]
+    with pytest.raises(TorsoError, match="trained size 32x32"):
+        export_run(tmp_path, format="torchscript", size=48, check_image=photo)

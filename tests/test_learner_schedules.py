@@ -231,7 +231,13 @@ def test_callbacks_see_every_event_in_order():
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
     loader = DataLoader(TensorDataset(x, y), batch_size=2)
     learner = Learner(
-        model, loader, loader, task=get_task("classify"), callbacks=[events], accumulate=2
+        model,
+        loader,
+        loader,
+        task=get_task("classify"),
+        callbacks=[events],
+        accumulate=2,
+        splitter=lambda m: [list(m.parameters())],
     )
     learner.fit(1, 1e-3)
     accumulating = ["before_batch", "after_pred", "after_loss", "before_backward", "after_batch"]

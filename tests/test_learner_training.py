@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_learner_shapes import colour_blobs, loaders, shapes, squares
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.predictor import load
 from torso.tasks import get_task
@@ -20,7 +21,6 @@ from torso.train.callbacks import (
     TensorBoard,
     tensorboard_available,
 )
-from torso.train.checkpoint import make_config
 from torso.train.learner import Learner, set_seed
 from torso.train.lr_find import valley
 
@@ -28,9 +28,9 @@ from torso.train.lr_find import valley
 def make_learner(task, make, train, valid, num_outputs, *, seed=0, **options):
     set_seed(seed)
     train_loader, valid_loader = loaders(make, train, valid)
-    config = make_config(task, "test_resnet", num_outputs, size=32)
+    config = RunConfig(task.name, "test_resnet", num_outputs, 32, task_options=task.options)
     model = task.build_model(config)
-    return Learner(model, train_loader, valid_loader, task=task, config=config, **options)
+    return Learner(model, train_loader, valid_loader, task=task, config=config.to_dict(), **options)
 
 
 def test_classification_reaches_90_percent_on_shapes():
@@ -51,9 +51,11 @@ def test_regression_beats_predicting_the_mean_by_far():
     task = get_task("regress", y_range=(0.0, 1.0))
     set_seed(0)
     train_loader, valid_loader = loaders(squares, 256, 64)
-    config = make_config(task, "test_resnet", 1, size=32, head_options={"dropout": 0.0})
+    config = RunConfig(
+        task.name, "test_resnet", 1, 32, task_options=task.options, head_options={"dropout": 0.0}
+    )
     learner = Learner(
-        task.build_model(config), train_loader, valid_loader, task=task, config=config
+        task.build_model(config), train_loader, valid_loader, task=task, config=config.to_dict()
     )
     learner.fit_one_cycle(5, 3e-3)
     _, train_targets = squares(256, seed=0)
@@ -134,7 +136,7 @@ def test_callbacks_log_stop_early_and_save_the_best(tmp_path):
     assert csv_lines[0].startswith("epoch,train_loss,valid_loss,accuracy")
     assert len(csv_lines) == 3
     best = load(tmp_path / "run" / "best")
-    assert best.config["backbone"] == "test_resnet"
+    assert best.config.backbone == "test_resnet"
     assert (tmp_path / "run" / "state.safetensors").exists()
 
 
@@ -155,9 +157,10 @@ def test_rich_progress_and_missing_tensorboard():
 def test_learner_never_writes_into_its_config():
     task = get_task("classify")
     learner = make_learner(task, shapes, 32, 16, 3)
-    config = make_config(task, "test_resnet", 3, size=32)
-    learner.config = given = {key: value for key, value in config.items() if key != "num_outputs"}
-    copy = dict(given)
+    learner.config = given = RunConfig(
+        task="classify", backbone="test_resnet", num_outputs=3, size=32, classes=["a", "b", "c"]
+    )
+    copy = RunConfig.from_dict(given.to_dict())
     assert "accuracy" in learner.validate()
     assert learner.config == copy and learner.config is given
     learner.config = None  # no config at all: the number of outputs comes from the outputs

@@ -108,7 +108,7 @@ def test_old_checkpoints_with_sequential_keys_still_load(tmp_path):
     model = torso.create_model("test_resnet", 3).eval()
     old = nn.Sequential(model.body, model.head)  # how models were built before .body/.head
     assert next(iter(old.state_dict())).startswith("0.")
-    config = {"task": "classify", "backbone": "test_resnet", "num_outputs": 3, "in_channels": 3}
+    config = {"task": "classify", "backbone": "test_resnet", "num_outputs": 3, "size": 32}
     save_model(old, config, tmp_path)
     loaded, _ = load_model(tmp_path)
     assert isinstance(loaded, BodyHeadModel)

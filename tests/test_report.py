@@ -317,3 +317,30 @@ def test_report_refuses_a_file_that_is_not_an_image(tmp_path):
     text.write_text("not a picture")
     with pytest.raises(TorsoError, match="notes.png' is not a PNG, JPEG or GIF"):
         write_report(tmp_path, title="t", images=[text])
+
+
+def test_writers_do_not_share_a_fixed_temporary_file(tmp_path, monkeypatch):
+    """Plots, the report and `torso.json` are written through `torso.files.atomic_write`: each
+    writer has its own temporary file, so one left behind (or another writer's) is no obstacle."""
+    import os
+
+    from torso.files import atomic_write
+
+    for name in ("losses.png", "report.html"):
+        (tmp_path / f".{name}.tmp").mkdir()  # what a fixed temporary name would collide with
+    plot = plot_losses(HISTORY, tmp_path / "losses.png")
+    page = write_report(tmp_path, title="run", images=[plot])
+    assert plot.stat().st_size > 1000 and "<img" in page.read_text()
+    names = {path.name for path in tmp_path.iterdir()}
+    assert names == {"losses.png", "report.html", ".losses.png.tmp", ".report.html.tmp"}
+    temporaries = []
+    original = os.replace
+
+    def record(source, target):
+        temporaries.append(os.path.basename(source))
+        original(source, target)
+
+    monkeypatch.setattr(os, "replace", record)
+    atomic_write(tmp_path / "a.txt", "one")
+    atomic_write(tmp_path / "a.txt", "two")
+    assert len(set(temporaries)) == 2 and (tmp_path / "a.txt").read_text() == "two"

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from torso.cli import main
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.models.segmentation import DynamicUnet
 from torso.tasks import get_task
 from torso.tasks.segment import SegmentTask, soft_dice_loss
-from torso.train.checkpoint import load_model, make_config, save_model
+from torso.train.checkpoint import load_model, save_model
 
 VOID = 255
 CODES = ["background", "circle", "square"]
@@ -134,7 +135,7 @@ def test_describe_gives_pixel_shares_and_decode_the_argmax_mask():
 
 def test_the_model_is_a_dynamic_unet_rebuilt_from_its_saved_config(tmp_path):
     task = get_task("segment", decoder_width=32)
-    config = make_config(task, "test_resnet", 3, classes=CODES, size=32)
+    config = RunConfig("segment", "test_resnet", 3, 32, classes=CODES, task_options=task.options)
     model = task.build_model(config)
     assert isinstance(model, DynamicUnet)
     assert model(torch.rand(1, 3, 32, 48)).shape == (1, 3, 32, 48)
@@ -143,7 +144,7 @@ def test_the_model_is_a_dynamic_unet_rebuilt_from_its_saved_config(tmp_path):
     assert capped < sum(p.numel() for p in wide.parameters())
     save_model(model, config, tmp_path)
     loaded, saved = load_model(tmp_path)
-    assert saved["task_options"]["decoder_width"] == 32
+    assert saved.task_options["decoder_width"] == 32
     assert sum(p.numel() for p in loaded.parameters()) == capped
 
 

@@ -19,6 +19,6 @@ def test_train_unet2015_from_the_command_line_and_load_it(tmp_path):
     assert main([*args, *options, "--out", str(out)]) == 0
     model, config = load_model(out)
     assert isinstance(model, UNet2015) and model.padding
-    assert config["task_options"]["architecture"] == "unet2015"
+    assert config.task_options["architecture"] == "unet2015"
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)

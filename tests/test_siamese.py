@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.models import count_parameters, freeze, param_groups
 from torso.models.bodies import Body
@@ -97,23 +98,32 @@ def test_task_loss_metrics_and_description():
     assert records[1]["probability"] == pytest.approx(float(torch.tensor([0.0, 3.0]).softmax(0)[1]))
     assert records[0]["same_probability"] == pytest.approx(1 - records[0]["probability"], abs=1e-6)
     with pytest.raises(TorsoError, match="2 outputs"):
-        task.build_model({"backbone": "test_resnet", "num_outputs": 3})
+        task.build_model(RunConfig("siamese", "test_resnet", 3, 32))
 
 
 def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, capsys):
+    from torso.config import RunConfig
     from torso.data import load_data
     from torso.data.datasets import PairDataset
-    from torso.train.checkpoint import load_model, make_config, save_model
+    from torso.predictor import load
+    from torso.train.checkpoint import save_model
     from torso.train.learner import Learner, set_seed
 
     data = make_colour_classes(tmp_path / "colours", per_class=40)
     set_seed(0)
     dls = load_data(data, task="siamese", size=32, batch_size=16, augment=False, num_workers=0)
     task = get_task("siamese")
-    config = make_config(task, "test_resnet", dls.num_outputs, classes=dls.classes, size=32)
+    config = RunConfig(
+        task.name,
+        "test_resnet",
+        dls.num_outputs,
+        32,
+        classes=dls.classes,
+        task_options=task.options,
+    )
     model = task.build_model(config)
     assert isinstance(model, SiameseModel)
-    learner = Learner(model, dls.train, dls.valid, task=task, config=config)
+    learner = Learner(model, dls.train, dls.valid, task=task, config=config.to_dict())
     learner.fit_one_cycle(8, 5e-3)
     assert "accuracy" in learner.history[-1]
 
@@ -128,14 +138,14 @@ def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, c
     assert results["accuracy"] >= 0.9
 
     folder = save_model(learner.model, config, tmp_path / "run")
-    loaded, loaded_config = load_model(folder)
+    predictor = load(folder)
     red, blue = data / "red", data / "blue"
-    same, probability = predict_pair(loaded, loaded_config, red / "0.png", red / "1.png")
+    same, probability = predict_pair(predictor, red / "0.png", red / "1.png")
     assert same and probability >= 0.5
-    same, probability = predict_pair(loaded, loaded_config, red / "0.png", blue / "0.png")
+    same, probability = predict_pair(predictor, red / "0.png", blue / "0.png")
     assert not same and probability >= 0.5
     with pytest.raises(TorsoError, match="missing.png"):
-        predict_pair(loaded, loaded_config, red / "0.png", red / "missing.png")
+        predict_pair(predictor, red / "0.png", red / "missing.png")
 
     # The same from the command line: `torso predict RUN --pair A B`.
     from torso.cli import main
@@ -150,7 +160,6 @@ def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, c
 
 def test_torso_train_task_siamese_writes_a_loadable_pair_model(tmp_path):
     from torso.cli import main
-    from torso.train.checkpoint import load_model
 
     data = make_colour_classes(tmp_path / "colours", per_class=8)
     out = tmp_path / "run"
@@ -177,8 +186,11 @@ def test_torso_train_task_siamese_writes_a_loadable_pair_model(tmp_path):
         ]
     )
     assert code == 0
-    model, config = load_model(out)
-    assert isinstance(model, SiameseModel)
-    assert config["task"] == "siamese" and config["classes"] == ["different", "same"]
-    same, probability = predict_pair(model, config, data / "red" / "0.png", data / "red" / "1.png")
+    from torso.predictor import load
+
+    predictor = load(out)
+    assert isinstance(predictor.model, SiameseModel)
+    config = predictor.config
+    assert config.task == "siamese" and config.classes == ("different", "same")
+    same, probability = predict_pair(predictor, data / "red" / "0.png", data / "red" / "1.png")
     assert isinstance(same, bool) and 0.5 <= probability <= 1.0

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks import get_task
 
@@ -89,8 +90,9 @@ def test_regress_losses_and_metrics():
 
 def test_regress_y_range_goes_to_the_head():
     task = get_task("regress", y_range=(0, 10))
-    assert task.head_options({"head_options": {}})["y_range"] == (0.0, 10.0)
-    model = task.build_model({"backbone": "test_resnet", "num_outputs": 2})
+    config = RunConfig("regress", "test_resnet", 2, 32, task_options=task.options)
+    assert task.head_options(config)["y_range"] == (0.0, 10.0)
+    model = task.build_model(config)
     outputs = model.eval()(torch.rand(2, 3, 32, 32) * 100)
     assert outputs.shape == (2, 2) and (outputs >= 0).all() and (outputs <= 10).all()
 

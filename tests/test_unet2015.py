@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.models import freeze, param_groups
 from torso.models.bodies import Body
@@ -121,7 +122,7 @@ def test_padded_network_refuses_sides_below_16():
 
 def test_segment_task_builds_unet2015_from_a_config():
     task = get_task("segment", architecture="unet2015")
-    config = {"task": "segment", "backbone": "resnet34", "num_outputs": 3, "in_channels": 1}
+    config = RunConfig(task="segment", backbone="resnet34", num_outputs=3, size=48, in_channels=1)
     model = task.build_model(config)
     assert isinstance(model, UNet2015) and model.padding
     assert model.in_channels == 1 and model.num_classes == 3

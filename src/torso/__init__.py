@@ -3,8 +3,8 @@
 >>> import torso
 >>> model = torso.create_model("resnet34", num_outputs=37)   # head(body(images))
 >>> body = model.body; body.channels, body.reductions, body.stats
->>> learner = torso.load("runs/pets")                       # a trained run, without pickle
->>> learner.predict(["cat.jpg"]); learner.model; learner.config
+>>> predictor = torso.load("runs/pets")                     # a trained run, without pickle
+>>> predictor.predict(["cat.jpg"]); predictor.model; predictor.config
 
 The names below are imported on first use, so `import torso.data` or `torso check` do not pay
 for loading timm.
@@ -28,30 +28,35 @@ _EXPORTS = {
     "param_groups": "torso.models",
     "unfreeze": "torso.models",
     "Learner": "torso.train.learner",
+    "Predictor": "torso.predictor",
+    "RunConfig": "torso.config",
     "load_data": "torso.data",
 }
 
 __all__ = ["__version__", "load", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torso.config import RunConfig  # noqa: F401
     from torso.data import load_data  # noqa: F401
     from torso.models import create_model, freeze, freeze_to, param_groups, unfreeze  # noqa: F401
     from torso.models.bodies import Body, create_body  # noqa: F401
     from torso.models.heads import create_head  # noqa: F401
+    from torso.predictor import Predictor  # noqa: F401
     from torso.train.learner import Learner  # noqa: F401
 
 
 def load(path: Any, *, device: Any = None):
     """Rebuild a trained model from a run folder (or its `best/`), ready to predict.
 
-    Returns a data-less `Learner`: `.model` (the `nn.Module` with its weights), `.config` (task,
-    backbone, classes, size, stats, ... as saved in `torso.json`), `.predict(images)`. The
+    Returns a `torso.predictor.Predictor`: `.model` (the `nn.Module` with its weights, eval
+    mode), `.task`, `.config` (the run's `RunConfig`: task, backbone, classes, size, stats, ...),
+    `.predict(images)`, `.get_preds(loader)`, `.tta(loader)`; no optimiser, no data. The
     architecture is rebuilt from JSON and the weights read from safetensors: nothing is
     unpickled. `torso.train.checkpoint.load_model(path)` gives `(model, config)` alone.
     """
-    from torso.predictor import load as load_learner
+    from torso.predictor import load as load_predictor
 
-    return load_learner(path, device=device)
+    return load_predictor(path, device=device)
 
 
 def __getattr__(name: str) -> Any:

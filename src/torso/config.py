@@ -16,9 +16,12 @@ and the field when one is missing or wrong, so a hand-edited or damaged file is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torso.errors import TorsoError
@@ -28,6 +31,9 @@ from torso.version import __version__
 #: 2: `RunConfig`.
 FORMAT_VERSION = 2
 RESIZE_MODES = ("squish", "crop", "pad")
+#: The name of the file, and the value of its `format` field.
+CONFIG_FILE = "torso.json"
+FILE_FORMAT = "torso-model"
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -145,6 +151,49 @@ class RunConfig:
             return cls(**values)
         except TorsoError as error:
             raise TorsoError(f"'{where}': {error}") from None
+
+
+def as_run_config(config: RunConfig | Mapping[str, Any], where: str = "config") -> RunConfig:
+    """`config` itself, or the `RunConfig` that a `torso.json`-style dict describes (checked by
+    `RunConfig.from_dict`, errors naming `where`)."""
+    if isinstance(config, RunConfig):
+        return config
+    return RunConfig.from_dict(config, where=where)
+
+
+def config_file(path: str | os.PathLike) -> Path:
+    """The `torso.json` of a saved model: `path` is its folder or the file itself."""
+    path = Path(path)
+    return path / CONFIG_FILE if path.is_dir() else path
+
+
+def read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in a saved model's `torso.json` (`path`: the folder or the file), with its
+    `format` checked; a missing, unreadable or foreign file is a `TorsoError` naming it."""
+    path = Path(path)
+    file = config_file(path)
+    if not file.exists():
+        if not path.exists():
+            raise TorsoError(f"'{path}' does not exist")
+        raise TorsoError(f"'{path}' is not a torso model: it has no {CONFIG_FILE}")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TorsoError(f"'{file}' is damaged: not valid JSON ({error})") from None
+    except OSError as error:
+        raise TorsoError(f"cannot read '{file}': {error.strerror or error}") from None
+    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+        raise TorsoError(f"'{file}' is not a torso model description")
+    return data
+
+
+def load(path: str | os.PathLike) -> RunConfig:
+    """The `RunConfig` saved in `torso.json` (`path`: a run folder, its `best/`, or the file).
+
+    Checked field by field: a missing or mistyped field or an unknown `format_version` is a
+    `TorsoError` naming the file and the field.
+    """
+    return RunConfig.from_dict(read_file(path), where=str(config_file(path)))
 
 
 def _check(config: RunConfig) -> None:

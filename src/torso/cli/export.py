@@ -49,6 +49,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-verify", action="store_true", help="do not run the export to compare it"
     )
+    parser.add_argument(
+        "--check-image",
+        metavar="FILE",
+        help="also compare on this image, prepared as validation prepares it (trained size)",
+    )
     return parser
 
 
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         dynamic=args.dynamic,
         verify=not args.no_verify,
         tolerance=args.tolerance,
+        check_image=args.check_image,
     )
     if result.max_abs_diff is None:
         print(f"exported {result.path} (not checked)")

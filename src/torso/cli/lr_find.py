@@ -10,10 +10,10 @@ from torso.cli.train import (
     build_learner,
     check_inputs,
     check_writable,
+    chosen_task_options,
     load_training_data,
     positive_int,
     pretrained_choice,
-    task_options,
 )
 from torso.errors import TorsoError
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args)
     plot = Path(args.out)
     check_writable(plot.parent if str(plot.parent) else Path("."))
-    task = get_task(args.task, **task_options(args))
+    task = get_task(args.task, **chosen_task_options(args))
     pretrained = pretrained_choice(args)
     set_seed(args.seed)
     dls = load_training_data(args)

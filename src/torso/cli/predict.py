@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -43,14 +41,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """The image files named, and those directly inside the folders named, in order."""
+    """The image files named, and those inside the folders named (subfolders included, hidden
+    ones skipped, as the data sources list them), in order."""
     from torso.data.decode import is_image_file
 
     paths: list[Path] = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+            found = [
+                file
+                for file in sorted(path.rglob("*"))
+                if file.is_file()
+                and is_image_file(file)
+                and not any(part.startswith(".") for part in file.relative_to(path).parts)
+            ]
             if not found:
                 raise TorsoError(f"folder '{path}' contains no image files")
             paths.extend(found)
@@ -65,62 +70,28 @@ def run(args: argparse.Namespace) -> int:
     from torso.predictor import load
 
     folder = Path(args.run) / "best" if args.best else Path(args.run)
-    learner = load(folder, device=args.device)
-    if learner.task.name == "siamese" or args.pair:
-        return predict_pair(learner, args)
-    if not args.images:
-        raise TorsoError("give the images to predict: files or folders")
-    paths = image_paths(args.images)
-    if learner.task.name == "segment":
-        return predict_segmentation(learner, paths, args)
-    records = []
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start : start + args.batch_size]
-        records.extend(learner.predict(chunk, tta=args.tta, batch_size=args.batch_size))
-    columns = ["path"] + list(records[0])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for path, record in zip(paths, records, strict=True):
-        writer.writerow({"path": str(path), **record})
-    if args.out:
-        from torso.train.checkpoint import atomic_write
-
-        atomic_write(args.out, buffer.getvalue().encode())
-        print(f"wrote {len(records)} predictions to {args.out}")
-    else:
-        sys.stdout.write(buffer.getvalue())
-    return 0
-
-
-def predict_pair(learner, args: argparse.Namespace) -> int:
-    """`--pair A B` with a Siamese run: prints "same" or "different" and its probability."""
-    from torso.tasks.siamese import predict_pair as decide
-
-    if learner.task.name != "siamese":
-        raise TorsoError(f"--pair needs a Siamese run; '{args.run}' is a {learner.task.name} run")
-    if not args.pair or args.images:
+    predictor = load(folder, device=args.device)
+    task = predictor.task
+    if args.pair:
+        if args.images:
+            raise TorsoError("give either --pair A B or images, not both")
+        if task.images_per_sample != 2:
+            raise TorsoError(f"--pair needs a Siamese run; '{args.run}' is a {task.name} run")
+        paths = [Path(name) for name in args.pair]
+    elif task.images_per_sample == 2:
         raise TorsoError("a Siamese run compares two images: torso predict RUN --pair A B")
-    same, probability = decide(learner.model, learner.config, *args.pair)
-    verdict = "same" if same else "different"
-    print(f"{verdict} (probability {probability:.3f}): {args.pair[0]} vs {args.pair[1]}")
-    return 0
-
-
-def predict_segmentation(learner, paths: list[Path], args: argparse.Namespace) -> int:
-    """Masks, overlays and predictions.csv of a segmentation run, into the folder `--out`."""
-    from torso.cli.masks import write_mask_predictions
-
-    if not args.out:
-        raise TorsoError("a segmentation model writes mask images: give --out FOLDER")
-    csv_path = write_mask_predictions(
-        learner.model,
-        learner.config,
-        paths,
-        args.out,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        device=learner.device,
-    )
-    print(f"wrote {len(paths)} masks and overlays to {args.out}; class shares in {csv_path}")
+    elif not args.images:
+        raise TorsoError("give the images to predict: files or folders")
+    else:
+        paths = image_paths(args.images)
+    out = Path(args.out) if args.out else None
+    records = task.predict_files(predictor, paths, out, tta=args.tta, batch_size=args.batch_size)
+    if not args.pair:
+        accuracy = task.folder_accuracy(records, [p.parent.name for p in paths], predictor.config)
+        if accuracy is not None:
+            # To stderr, so that the CSV printed to the screen stays a CSV.
+            print(
+                f"accuracy {accuracy:.4f} against the folder names ({len(paths)} images)",
+                file=sys.stderr,
+            )
     return 0

@@ -60,11 +60,13 @@ def fraction(text: str) -> float:
 
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `torso train` and `torso lr-find`."""
+    from torso.registry import task_names
+
     parser.add_argument("data", help="folder of images (class folders, or images + labels CSV)")
     parser.add_argument(
         "--task",
         default="classify",
-        help="classify (default), multilabel, regress, segment or siamese",
+        help=f"{', '.join(task_names())} (default classify)",
     )
     parser.add_argument(
         "--backbone",
@@ -112,42 +114,6 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-augment", action="store_true", help="no training augmentation")
     parser.add_argument("--no-cache", action="store_true", help="decode images every epoch")
-    parser.add_argument(
-        "--label-smoothing", type=fraction, default=0.0, help="classify: label smoothing (0)"
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="multilabel: probability from which a label is predicted (0.5)",
-    )
-    parser.add_argument("--loss", choices=["mse", "l1"], default="mse", help="regress: loss (mse)")
-    parser.add_argument(
-        "--y-range",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="regress: keep outputs in [LOW, HIGH]",
-    )
-    parser.add_argument(
-        "--decoder-width",
-        type=positive_int,
-        default=None,
-        help="segment: cap on the U-Net decoder's widths, e.g. 256 (default: fastai's widths)",
-    )
-    parser.add_argument(
-        "--architecture",
-        choices=["dynamic_unet", "unet2015"],
-        default="dynamic_unet",
-        help="segment: a U-Net decoder on the backbone (dynamic_unet), or the 2015 paper's U-Net "
-        "with padded convolutions, from random weights (unet2015; the backbone is not used)",
-    )
-    parser.add_argument(
-        "--dice-weight",
-        type=float,
-        default=0.0,
-        help="segment: weight of a soft Dice loss added to the cross-entropy (0)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument(
@@ -156,6 +122,54 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: bf16/fp16 on GPUs, none on CPUs (default auto)",
     )
+    add_task_options(parser)
+
+
+def add_task_options(parser: argparse.ArgumentParser) -> None:
+    """Every registered task's options (`Task.cli_options`), grouped per task in --help; an
+    option that several tasks declare appears once, in the first one's group."""
+    from torso.registry import task_class, task_names
+
+    declared: dict[str, tuple[Any, list[str]]] = {}
+    groups: dict[str, list[Any]] = {}
+    for name in task_names():
+        for option in getattr(task_class(name), "cli_options", ()):
+            if option.flag in declared:
+                declared[option.flag][1].append(name)
+                continue
+            declared[option.flag] = (option, [name])
+            groups.setdefault(name, []).append(option)
+    for name, options in groups.items():
+        group = parser.add_argument_group(f"{name} options")
+        for option in options:
+            tasks = ", ".join(declared[option.flag][1])
+            keywords: dict[str, Any] = {"dest": option.name, "help": f"{tasks}: {option.help}"}
+            if option.type is bool:
+                group.add_argument(option.flag, action="store_true", **keywords)
+                continue
+            keywords.update(type=option.type, default=option.default)
+            if option.choices is not None:
+                keywords["choices"] = option.choices
+            if option.nargs is not None:
+                keywords["nargs"] = option.nargs
+            if option.metavar is not None:
+                keywords["metavar"] = option.metavar
+            group.add_argument(option.flag, **keywords)
+
+
+def chosen_task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the task `args.task` that the command line sets to other than their
+    defaults (a list of values becomes a tuple), for `get_task(args.task, **options)`."""
+    from torso.registry import task_class
+
+    options = {}
+    for option in getattr(task_class(args.task), "cli_options", ()):
+        value = getattr(args, option.name, option.default)
+        if isinstance(value, list):
+            value = tuple(value)
+        if value != option.default and not (option.type is bool and value is False):
+            options[option.name] = value
+    return options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -229,23 +243,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # -- helpers shared with lr-find and predict --------------------------------------------------
-def task_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The task options that the command line sets, for the chosen task."""
-    if args.task == "classify":
-        return {"label_smoothing": args.label_smoothing}
-    if args.task == "multilabel":
-        return {"threshold": args.threshold}
-    if args.task == "regress":
-        return {"loss": args.loss, "y_range": tuple(args.y_range) if args.y_range else None}
-    if args.task == "segment":
-        return {
-            "dice_weight": getattr(args, "dice_weight", 0.0),
-            "decoder_width": getattr(args, "decoder_width", None),
-            "architecture": getattr(args, "architecture", "dynamic_unet"),
-        }
-    return {}
-
-
 def pretrained_choice(args: argparse.Namespace) -> bool | str:
     """False, True (the hub or an installed package), or a local weights file."""
     if args.weights:
@@ -318,22 +315,37 @@ def set_compute_threads(requested: int | None, loader_workers: int) -> int:
     return requested
 
 
-def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
-    """The model (built by the task from a fresh config) and its Learner."""
-    from torso.train.checkpoint import make_config
-    from torso.train.learner import Learner
+def run_config(args, dls, task, model_stats=None):
+    """The run's `RunConfig` from the command line, the data and the task (`stats`: the body's)."""
+    from torso.config import RunConfig
 
-    config = make_config(
-        task,
-        args.backbone,
-        dls.num_outputs,
-        classes=dls.classes if dls.classes is not None else getattr(dls, "target_names", None),
+    classes = dls.classes if dls.classes is not None else getattr(dls, "target_names", None)
+    return RunConfig(
+        task=task.name,
+        backbone=args.backbone,
+        num_outputs=dls.num_outputs,
         size=dls.size,
         in_channels=dls.in_channels,
+        classes=classes,
+        resize=getattr(dls, "resize", "squish"),
+        stats=model_stats,
+        task_options=task.options,
     )
-    config["resize"] = getattr(dls, "resize", "squish")
+
+
+def body_stats(model):
+    """The normalisation `(mean, std)` of a model's body, or None."""
+    return getattr(model.body, "stats", None)
+
+
+def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
+    """The model (built by the task from the run's config) and its Learner; the config is
+    complete (with the body's stats) before the Learner sees it."""
+    from torso.train.learner import Learner
+
+    config = run_config(args, dls, task)
     model = task.build_model(config, pretrained=pretrained)
-    config["stats"] = _plain_stats(getattr(model.body, "stats", None))
+    config = config.replace(stats=body_stats(model))
     # The whole validation set decides (under torchrun a process's share may be empty).
     valid = dls.valid if len(dls.valid.dataset) > 0 else None
     precision = None if args.mixed_precision == "auto" else args.mixed_precision
@@ -359,12 +371,6 @@ def whole_validation_loader(share):
     from torch.utils.data import DataLoader
 
     return DataLoader(share.dataset, batch_size=share.batch_size, collate_fn=share.collate_fn)
-
-
-def _plain_stats(stats):
-    if stats is None:
-        return None
-    return [list(map(float, stats[0])), list(map(float, stats[1]))]
 
 
 def check_writable(folder: Path) -> None:
@@ -411,9 +417,9 @@ def _train(args: argparse.Namespace) -> int:
     from torso.train.learner import set_seed
 
     if args.resume is not None:
-        out = Path(args.out if args.resume is True else args.resume)
         if args.resume is True and not args.out:
             raise TorsoError("--resume needs the run folder: --resume RUN or --out RUN")
+        out = Path(args.out if args.resume is True else args.resume)
         saved = out / ARGS_FILE
         if not saved.exists():
             raise TorsoError(f"cannot resume: '{out}' has no {ARGS_FILE} (not a torso run folder)")
@@ -438,7 +444,7 @@ def _train(args: argparse.Namespace) -> int:
         raise TorsoError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
     if main_process:
         check_writable(out)
-    task = get_task(args.task, **task_options(args))
+    task = get_task(args.task, **chosen_task_options(args))
     pretrained = False if args.resume else pretrained_choice(args)
     if args.resume is None and main_process:
         stored = {k: v for k, v in vars(args).items() if k not in ("_run", "command", "resume")}
@@ -470,8 +476,16 @@ def _train(args: argparse.Namespace) -> int:
     else:
         lr = args.lr
         if args.lr_find:
-            # Each process runs its own finder on its share; all use the main process's choice.
-            lr_curve = learner.lr_find(plot=out / "lr_find.png" if main_process else None)
+            # Every process runs the finder on its share, in step (the loss is averaged across
+            # processes); fine-tuning starts with the body frozen: the rate for that first step.
+            from torso.train.lr_find import find_learning_rate
+
+            lr_curve = find_learning_rate(
+                learner,
+                fine_tune=bool(pretrained),
+                plot=out / "lr_find.png" if main_process else None,
+                quiet=args.quiet,
+            )
             lr = distributed.broadcast_from_main(lr_curve.suggestion)
             if not args.quiet and main_process:
                 print(f"lr_find suggests {lr:.2e}", flush=True)

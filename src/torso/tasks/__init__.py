@@ -7,8 +7,16 @@ found by name through `torso.registry`.
 from __future__ import annotations
 
 from torso.registry import TASKS, get_task, register_task, task_names
-from torso.tasks.base import Task
+from torso.tasks.base import Task, TaskOption
 
 available_tasks = task_names
 
-__all__ = ["TASKS", "Task", "available_tasks", "get_task", "register_task", "task_names"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "TaskOption",
+    "available_tasks",
+    "get_task",
+    "register_task",
+    "task_names",
+]

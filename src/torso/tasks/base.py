@@ -1,18 +1,63 @@
-"""What every task tells the Learner: how to build its model, its loss, its metrics, its decoding.
+"""What every task owns: its options, model, loss, metrics, decoding and what prediction writes.
 
 A task is a small object made by `torso.tasks.get_task(name, **options)`. Its `options` are plain
-JSON values; they are saved in `torso.json` so that a checkpoint rebuilds the same task.
-The Learner only ever calls the methods below, so a new task (segmentation, Siamese pairs) is one
-new module with one class.
+JSON values; they are saved in `torso.json` so that a checkpoint rebuilds the same task. The
+Learner, the Predictor, `torso predict`, the report and export only ever call the methods below,
+so a new task (segmentation, Siamese pairs) is one new module with one class, and no other code
+compares task names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import io
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torchmetrics import Metric
+
+from torso.config import RunConfig, as_run_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """One option of a task, as data: `torso train` and `torso lr-find` add it to their
+    command line (`--label-smoothing` for `name="label_smoothing"`) and pass its value to the
+    task's constructor.
+
+    `type` parses the command-line text (`bool`: a flag without value); `nargs`, when given,
+    is how many values the option takes (they reach the task as a tuple).
+    """
+
+    name: str
+    type: Callable[[str], Any]
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    nargs: int | None = None
+    metavar: tuple[str, ...] | str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def output_names(config: RunConfig | Mapping[str, Any]) -> tuple[int, list[str]]:
+    """The number of outputs and their names (`"0"`, `"1"`, ... when unnamed), from a
+    `RunConfig` or a `torso.json`-style dict."""
+    if isinstance(config, RunConfig):
+        return config.num_outputs, config.class_names()
+    count = int(config["num_outputs"])
+    names = config.get("classes")
+    return count, list(names) if names else [str(index) for index in range(count)]
 
 
 class Task:
@@ -22,11 +67,21 @@ class Task:
         name: the task's name in the CLI and in `torso.json` (`"classify"`, ...).
         main_metric: the metric that early stopping and save-best watch.
         higher_is_better: the direction of `main_metric`.
+        cli_options: the options `torso train` offers for this task (`TaskOption`s).
+        images_per_sample: images one prediction takes (2 for a pair).
+        input_names: names of the model's inputs in an exported graph.
+        output_meaning: what the model's raw outputs are, for an export's description.
+        output_activation: the function that turns them into probabilities (None: none).
     """
 
     name: str = ""
     main_metric: str = "valid_loss"
     higher_is_better: bool = False
+    cli_options: tuple[TaskOption, ...] = ()
+    images_per_sample: int = 1
+    input_names: tuple[str, ...] = ("images",)
+    output_meaning: str = "model outputs"
+    output_activation: str | None = None
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
@@ -43,24 +98,25 @@ class Task:
         raise NotImplementedError(f"{type(self).__name__} must define data_layout()")
 
     # -- the model ---------------------------------------------------------------------------
-    def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Keyword arguments for the head, from the saved config (`config["head_options"]`)."""
-        return dict(config.get("head_options") or {})
+    def head_options(self, config: RunConfig) -> dict[str, Any]:
+        """Keyword arguments for the head: the config's `head_options` (and the task's own)."""
+        return dict(config.head_options)
 
-    def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
-        """The task's model, with `.body` and `.head`, from a `torso.json`-style config.
+    def build_model(self, config: RunConfig, *, pretrained: bool | str = False) -> nn.Module:
+        """The task's model, with `.body` and `.head`, from the run's config.
 
-        `config` needs `backbone`, `num_outputs` and may give `in_channels` and `head_options`.
-        `pretrained` is passed to `torso.models.create_model` (False when loading a checkpoint,
-        whose weights replace the fresh ones).
+        Reads `backbone`, `num_outputs`, `in_channels` and `head_options`. `pretrained` is passed
+        to `torso.models.create_model` (False when loading a checkpoint, whose weights replace
+        the fresh ones).
         """
         from torso.models import create_model
 
+        config = as_run_config(config)
         return create_model(
-            config["backbone"],
-            int(config["num_outputs"]),
+            config.backbone,
+            config.num_outputs,
             pretrained=pretrained,
-            in_channels=int(config.get("in_channels", 3)),
+            in_channels=config.in_channels,
             **self.head_options(config),
         )
 
@@ -72,7 +128,7 @@ class Task:
         `reduction="none"` (used to find the top losses)."""
         raise NotImplementedError(f"{type(self).__name__} must define loss()")
 
-    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
+    def metrics(self, config: RunConfig) -> dict[str, Metric]:
         """Fresh torchmetrics objects, by name, for one pass over the validation set."""
         return {}
 
@@ -100,3 +156,66 @@ class Task:
         """One plain record per sample for people and CSV files, e.g.
         `{"prediction": "cat", "probability": 0.93}`."""
         raise NotImplementedError(f"{type(self).__name__} must define describe()")
+
+    def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
+        """Activations of a horizontally mirrored input → those of the original (test-time
+        augmentation): unchanged for per-image answers; mirrored back for per-pixel ones."""
+        return activations
+
+    # -- export ------------------------------------------------------------------------------
+    def export_details(self, config: RunConfig) -> dict[str, Any]:
+        """Task-specific fields of an exported model's JSON description."""
+        return {}
+
+    # -- prediction files --------------------------------------------------------------------
+    def predict_files(
+        self,
+        predictor: Predictor,
+        paths: Sequence[Path],
+        out: Path | None,
+        *,
+        tta: bool = False,
+        batch_size: int = 32,
+    ) -> list[dict[str, Any]]:
+        """`torso predict`: predict image files and write the results; returns the records.
+
+        The default writes one CSV row per file (`path` + the task's record) to `out`, or to
+        the screen when `out` is None. `paths` holds `images_per_sample` files per sample.
+        """
+        from torso.files import atomic_write
+
+        records: list[dict[str, Any]] = []
+        step = batch_size * self.images_per_sample  # only one batch of images in memory
+        for start in range(0, len(paths), step):
+            chunk = list(paths[start : start + step])
+            records.extend(predictor.predict(chunk, tta=tta, batch_size=batch_size))
+        text = records_csv(paths, records)
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            atomic_write(out, text)
+            print(f"wrote {len(records)} predictions to {out}")
+        return records
+
+    def folder_accuracy(
+        self, records: Sequence[Mapping[str, Any]], folders: Sequence[str], config: RunConfig
+    ) -> float | None:
+        """The share of `records` whose prediction is the name of the folder its image lies in,
+        when those folder names are the run's classes; None when that does not apply."""
+        return None
+
+    # -- the report --------------------------------------------------------------------------
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """The task's figures of a run's validation set `loader`, written into `folder`."""
+        return []
+
+
+def records_csv(paths: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> str:
+    """One CSV row per record: `path` and the record's fields, in order."""
+    buffer = io.StringIO()
+    columns = ["path", *records[0]] if records else ["path"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for path, record in zip(paths, records, strict=True):
+        writer.writerow({"path": str(path), **record})
+    return buffer.getvalue()

@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
-from torso.tasks.base import Task
+from torso.tasks.base import Task, TaskOption, output_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.predictor import Predictor
+
+#: The images the report shows with the highest validation losses.
+TOP_LOSSES = 9
+
+
+def fraction(text: str) -> float:
+    """Command-line type: a number in [0, 1)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+LABEL_SMOOTHING = TaskOption(
+    "label_smoothing", fraction, 0.0, "label smoothing of the cross-entropy (0)"
+)
+
+
+def cross_entropy(
+    outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of logits `(N, K)` against class indices `(N,)`; `(N,)` for
+    `reduction="none"`. Shared by classification and Siamese pairs."""
+    return F.cross_entropy(
+        outputs.float(), targets.long(), label_smoothing=label_smoothing, reduction=reduction
+    )
 
 
 class ClassifyTask(Task):
@@ -26,6 +63,9 @@ class ClassifyTask(Task):
     name = "classify"
     main_metric = "accuracy"
     higher_is_better = True
+    cli_options = (LABEL_SMOOTHING,)
+    output_meaning = "class scores (logits) (N, K); softmax gives probabilities"
+    output_activation = "softmax"
 
     def __init__(self, label_smoothing: float = 0.0, top_k: int = 5) -> None:
         if not 0 <= label_smoothing < 1:
@@ -44,15 +84,10 @@ class ClassifyTask(Task):
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
-        return F.cross_entropy(
-            outputs.float(),
-            targets.long(),
-            label_smoothing=self.options["label_smoothing"],
-            reduction=reduction,
-        )
+        return cross_entropy(outputs, targets, self.options["label_smoothing"], reduction)
 
-    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
-        num_classes = int(config["num_outputs"])
+    def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        num_classes, _ = output_names(config)
         metrics: dict[str, Metric] = {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
             "error_rate": 1 - MulticlassAccuracy(num_classes, average="micro"),
@@ -79,3 +114,47 @@ class ClassifyTask(Task):
             {"prediction": names[int(index)], "probability": round(float(probability), 6)}
             for probability, index in zip(probabilities, indices, strict=True)
         ]
+
+    def folder_accuracy(
+        self, records: Sequence[Mapping[str, Any]], folders: Sequence[str], config: RunConfig
+    ) -> float | None:
+        classes = set(config.class_names())
+        if not records or not set(folders) <= classes:
+            return None
+        right = sum(
+            record["prediction"] == folder for record, folder in zip(records, folders, strict=True)
+        )
+        return right / len(records)
+
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """Confusion matrix and top losses over the validation set."""
+        from torso.tools import plots
+
+        predictions = predictor.get_preds(loader, with_loss=True)
+        activations, targets = predictions["activations"], predictions["targets"]
+        decoded = self.decode(activations)
+        classes = predictor.config.class_names()
+        num_classes = activations.shape[1]
+        paths = [
+            plots.plot_confusion_matrix(
+                plots.confusion_matrix(targets, decoded, num_classes),
+                classes,
+                folder / "confusion_matrix.png",
+            )
+        ]
+        count = min(TOP_LOSSES, len(targets))
+        worst = predictions["losses"].topk(count).indices
+        images = plots.images_at(loader, worst.tolist())
+        if images is not None:
+            paths.append(
+                plots.plot_top_losses(
+                    images,
+                    targets[worst],
+                    decoded[worst],
+                    predictions["losses"][worst],
+                    activations[worst],
+                    classes,
+                    folder / "top_losses.png",
+                )
+            )
+        return paths

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
-from torso.tasks.base import Task
+from torso.tasks.base import Task, TaskOption, output_names
 
 
 class MultilabelTask(Task):
@@ -25,6 +26,11 @@ class MultilabelTask(Task):
     name = "multilabel"
     main_metric = "f1"
     higher_is_better = True
+    cli_options = (
+        TaskOption("threshold", float, 0.5, "probability from which a label is predicted (0.5)"),
+    )
+    output_meaning = "label scores (logits) (N, K); sigmoid gives probabilities"
+    output_activation = "sigmoid"
 
     def __init__(self, threshold: float = 0.5) -> None:
         if not 0 < threshold < 1:
@@ -49,8 +55,8 @@ class MultilabelTask(Task):
             return losses.mean(dim=1)
         return losses.mean() if reduction == "mean" else losses.sum()
 
-    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
-        num_labels = int(config["num_outputs"])
+    def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        num_labels, _ = output_names(config)
         threshold = self.options["threshold"]
         return {
             "accuracy": MultilabelAccuracy(num_labels, threshold=threshold, average="micro"),

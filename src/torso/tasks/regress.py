@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 
+from torso.config import RunConfig
 from torso.errors import TorsoError
-from torso.tasks.base import Task
+from torso.tasks.base import Task, TaskOption
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
@@ -27,6 +28,13 @@ class RegressTask(Task):
     name = "regress"
     main_metric = "mae"
     higher_is_better = False
+    cli_options = (
+        TaskOption("loss", str, "mse", "loss (mse)", choices=tuple(LOSSES)),
+        TaskOption(
+            "y_range", float, None, "keep outputs in [LOW, HIGH]", nargs=2, metavar=("LOW", "HIGH")
+        ),
+    )
+    output_meaning = "values (N, T)"
 
     def __init__(self, loss: str = "mse", y_range: tuple[float, float] | None = None) -> None:
         if loss not in LOSSES:
@@ -45,7 +53,7 @@ class RegressTask(Task):
 
         return DataLayout(read=read_numbers, targets=NumberTargets())
 
-    def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
+    def head_options(self, config: RunConfig) -> dict[str, Any]:
         options = super().head_options(config)
         if self.options["y_range"] is not None:
             options.setdefault("y_range", tuple(self.options["y_range"]))
@@ -61,7 +69,7 @@ class RegressTask(Task):
             return losses.reshape(len(losses), -1).mean(dim=1)
         return losses.mean() if reduction == "mean" else losses.sum()
 
-    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
+    def metrics(self, config: RunConfig) -> dict[str, Metric]:
         return {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)}
 
     def metric_inputs(

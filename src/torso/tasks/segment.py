@@ -5,13 +5,22 @@ task="segment")`); mask pixels equal to `ignore_index` (255, "void") count for n
 is `torso.models.segmentation.DynamicUnet(body, num_classes)`, or with
 `architecture="unet2015"` the 2015 paper's `UNet2015` with padded convolutions; either way its
 outputs are class scores (logits) `(N, num_classes, H, W)` at the image's size.
+
+`torso predict` of a segmentation run (`SegmentTask.predict_files`) writes, for each image, a
+palette mask PNG at the image's own size and an overlay, and a CSV of each class's share of the
+pixels; the report shows image | truth | prediction for a few validation images.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,8 +31,17 @@ from torchmetrics.classification import (
     MulticlassJaccardIndex,
 )
 
+from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
-from torso.tasks.base import Task
+from torso.tasks.base import Task, TaskOption, output_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.predictor import Predictor
+
+#: Validation images the report shows as image | truth | prediction.
+SEGMENTATION_SAMPLES = 6
+#: The class shares of `torso predict`'s masks.
+CSV_NAME = "predictions.csv"
 
 #: Smoothing of the soft Dice loss, in pixels: keeps classes absent from an image from
 #: dividing by zero and makes the loss of an empty class whose prediction is empty about zero.
@@ -81,6 +99,28 @@ class SegmentTask(Task):
     name = "segment"
     main_metric = "mean_iou"
     higher_is_better = True
+    cli_options = (
+        TaskOption(
+            "architecture",
+            str,
+            "dynamic_unet",
+            "the model: fastai's U-Net on the body (dynamic_unet), or the original U-Net of "
+            "2015 (unet2015)",
+            choices=("dynamic_unet", "unet2015"),
+        ),
+        TaskOption(
+            "decoder_width",
+            int,
+            None,
+            "cap on the U-Net decoder's widths, e.g. 256 (default: fastai's widths)",
+        ),
+        TaskOption(
+            "dice_weight", float, 0.0, "weight of a soft Dice loss added to the cross-entropy (0)"
+        ),
+        TaskOption("self_attention", bool, False, "a self-attention layer in the decoder"),
+    )
+    output_meaning = "class scores (logits) per pixel (N, K, H, W); softmax over K"
+    output_activation = "softmax"
 
     def __init__(
         self,
@@ -119,7 +159,7 @@ class SegmentTask(Task):
         return DataLayout(read=read_masks, targets=MaskTargets(), looks_like=has_images_and_masks)
 
     # -- the model ---------------------------------------------------------------------------
-    def head_options(self, config: dict[str, Any]) -> dict[str, Any]:
+    def head_options(self, config: RunConfig) -> dict[str, Any]:
         """`DynamicUnet` keyword arguments: the config's `head_options` and this task's options."""
         options = super().head_options(config)
         if self.options["decoder_width"] is not None:
@@ -130,25 +170,19 @@ class SegmentTask(Task):
             options["y_range"] = tuple(options["y_range"])
         return options
 
-    def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
-        """`DynamicUnet(create_body(backbone), num_outputs, ...)` from a `torso.json` config, or
+    def build_model(self, config: RunConfig, *, pretrained: bool | str = False) -> nn.Module:
+        """`DynamicUnet(create_body(backbone), num_outputs, ...)` from the run's config, or
         `UNet2015(in_channels, num_outputs, padding=True)` (backbone not used)."""
         from torso.models.bodies import create_body
         from torso.models.segmentation import DynamicUnet, UNet2015
 
+        config = as_run_config(config)
         if self.options.get("architecture", "dynamic_unet") == "unet2015":
             if pretrained is not False:
                 raise TorsoError("UNet2015 has no pretrained weights: train it from random ones")
-            return UNet2015(
-                int(config.get("in_channels", 3)), int(config["num_outputs"]), padding=True
-            )
-
-        body = create_body(
-            config["backbone"],
-            pretrained=pretrained,
-            in_channels=int(config.get("in_channels", 3)),
-        )
-        return DynamicUnet(body, int(config["num_outputs"]), **self.head_options(config))
+            return UNet2015(config.in_channels, config.num_outputs, padding=True)
+        body = create_body(config.backbone, pretrained=pretrained, in_channels=config.in_channels)
+        return DynamicUnet(body, config.num_outputs, **self.head_options(config))
 
     # -- training ----------------------------------------------------------------------------
     def loss(
@@ -181,8 +215,8 @@ class SegmentTask(Task):
             losses = losses + self.options["dice_weight"] * dice
         return losses.sum() if reduction == "sum" else losses
 
-    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
-        num_classes = int(config["num_outputs"])
+    def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        num_classes, names = output_names(config)
         ignore_index = self.options["ignore_index"]
         common = {"num_classes": num_classes, "ignore_index": ignore_index, "validate_args": False}
         metrics: dict[str, Metric] = {
@@ -190,7 +224,6 @@ class SegmentTask(Task):
             "dice": MulticlassF1Score(average="macro", **common),
             "mean_iou": MulticlassJaccardIndex(average="macro", **common),
         }
-        names = config.get("classes") or [str(index) for index in range(num_classes)]
         for index, class_name in enumerate(names[:num_classes]):
             key = f"dice_{metric_name(class_name)}"
             if key in metrics:
@@ -228,6 +261,109 @@ class SegmentTask(Task):
             )
         return records
 
+    def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
+        """Per-pixel probabilities of a mirrored image, mirrored back: `(N, K, H, W)`."""
+        return activations.flip(-1)
+
+    # -- export ------------------------------------------------------------------------------
+    def export_details(self, config: RunConfig) -> dict[str, Any]:
+        return {"ignore_index": self.options["ignore_index"]}
+
+    # -- prediction files --------------------------------------------------------------------
+    def predict_files(
+        self,
+        predictor: Predictor,
+        paths: Sequence[Path],
+        out: Path | None,
+        *,
+        tta: bool = False,
+        batch_size: int = 32,
+    ) -> list[dict[str, Any]]:
+        """Into the folder `out`: for each image `photo.jpg`, `photo_mask.png` (a palette PNG
+        whose pixel values are the class ids, at the image's own size) and `photo_overlay.png`
+        (the image with the classes' colours blended in); and `predictions.csv`: each file, its
+        mask and the share of its pixels given to each class. Returns those rows."""
+        from torso.data.decode import read_pil
+        from torso.files import atomic_write
+        from torso.tools.plots import mask_to_image, overlay_image
+
+        if out is None:
+            raise TorsoError("a segmentation model writes mask images: give --out FOLDER")
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise TorsoError(f"--out '{folder}': a segmentation run writes a folder of masks")
+        folder.mkdir(parents=True, exist_ok=True)
+        num_classes, classes = output_names(predictor.config)
+        records: list[dict[str, Any]] = []
+        rows: list[list[str]] = []
+        stems = _unique_stems(paths)
+        for start in range(0, len(paths), batch_size):
+            chunk = list(paths[start : start + batch_size])
+            masks = predict_masks(predictor, chunk, tta=tta, batch_size=batch_size)
+            for path, stem, mask in zip(
+                chunk, stems[start : start + len(chunk)], masks, strict=True
+            ):
+                values = mask.numpy()
+                mask_file = folder / f"{stem}_mask.png"
+                mask_to_image(values, num_classes).save(mask_file)
+                overlay = overlay_image(read_pil(Path(path)), values, num_classes)
+                overlay.save(folder / f"{stem}_overlay.png")
+                counts = np.bincount(values.reshape(-1), minlength=256)[:num_classes]
+                total = max(int(counts.sum()), 1)
+                shares = [f"{count / total:.6f}" for count in counts]
+                rows.append([str(path), mask_file.name, *shares])
+                records.append({"mask": mask_file.name, **dict(zip(classes, shares, strict=True))})
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "mask", *classes])
+        writer.writerows(rows)
+        atomic_write(folder / CSV_NAME, buffer.getvalue())
+        print(
+            f"wrote {len(paths)} masks and overlays to {folder}; class shares in "
+            f"{folder / CSV_NAME}"
+        )
+        return records
+
+    # -- the report --------------------------------------------------------------------------
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images."""
+        from torso.tools import plots
+
+        images, truths, count = [], [], 0
+        for x, y in loader:
+            if not isinstance(x, torch.Tensor):
+                return []
+            images.append(x.cpu())
+            truths.append(y.cpu())
+            count += len(x)
+            if count >= SEGMENTATION_SAMPLES:
+                break
+        if not images:
+            return []
+        batch = torch.cat(images)[:SEGMENTATION_SAMPLES]
+        targets = torch.cat(truths)[:SEGMENTATION_SAMPLES]
+        activations = predictor.activations(batch)
+        figure = plots.plot_segmentation(
+            batch,
+            targets,
+            self.decode(activations),
+            predictor.config.class_names(),
+            folder / "segmentation.png",
+        )
+        return [figure]
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """File stems for the outputs, made unique when two inputs share one (`a/x.png`, `b/x.png`)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        stems.append(stem if count == 0 else f"{stem}-{count + 1}")
+    return stems
+
 
 def _original_size_mask(
     mask: torch.Tensor, height: int, width: int, resize: str, ignore_index: int
@@ -261,57 +397,33 @@ def _original_size_mask(
 
 @torch.no_grad()
 def predict_masks(
-    model: nn.Module,
-    config: dict[str, Any],
-    paths: list[Any],
+    predictor: Predictor,
+    paths: Sequence[Any],
     *,
     tta: bool = False,
     batch_size: int = 16,
-    device: str | torch.device | None = None,
 ) -> list[torch.Tensor]:
     """The predicted class mask of each image file, uint8 `(H, W)` at the file's own size.
 
-    model: a segmentation model (`torso.train.checkpoint.load_model` of a run trained with task
-    segment); config: its `torso.json` (gives `size`, `in_channels`, `resize`). Each image is
-    read as validation reads it, resized to the model's size; the predicted mask is resized back
-    to the image's size (nearest). With `tta` the class probabilities are averaged with those of
-    the mirrored image. A file that cannot be read raises `TorsoError` naming it.
+    predictor: a segmentation run's `torso.predictor.Predictor` (`torso.load(run)`). Each image
+    is read and resized as validation does (`torso.data.prepare.prepare_images`); the predicted
+    mask is resized back to the image's size (nearest). With `tta` the class probabilities are
+    averaged with those of the mirrored image. A file that cannot be read raises `TorsoError`
+    naming it.
     """
-    from torso.data import read_image
-    from torso.data.transforms import resize_square
+    from torso.data.decode import read_image
+    from torso.data.prepare import prepare_images
 
-    if config.get("task") != SegmentTask.name:
-        raise TorsoError(
-            f"mask prediction needs a model trained with --task segment; "
-            f"this one is {config.get('task')!r}"
-        )
-    size = config.get("size")
-    if size is None:
-        raise TorsoError("this model's torso.json has no image size")
-    size = int(size[0] if isinstance(size, list) else size)
-    channels = int(config.get("in_channels", 3))
-    resize = config.get("resize", "squish")
-    ignore_index = int((config.get("task_options") or {}).get("ignore_index", 255))
-    device = torch.device(device or "cpu")
-    was_training = model.training
-    model.eval()
+    config = predictor.config
+    ignore_index = predictor.task.options["ignore_index"]
     masks: list[torch.Tensor] = []
-    try:
-        for start in range(0, len(paths), batch_size):
-            images, sizes = [], []
-            for path in paths[start : start + batch_size]:
-                image = read_image(path, channels)
-                sizes.append(tuple(image.shape[-2:]))
-                images.append(resize_square(image, size, resize)[0])
-            batch = torch.stack(images).to(device=device, dtype=torch.float32).div_(255.0)
-            probabilities = model(batch).float().softmax(dim=1)
-            if tta:
-                mirrored = model(batch.flip(-1)).float().softmax(dim=1).flip(-1)
-                probabilities = (probabilities + mirrored) / 2
-            for predicted, (height, width) in zip(
-                probabilities.argmax(dim=1).cpu(), sizes, strict=True
-            ):
-                masks.append(_original_size_mask(predicted, height, width, resize, ignore_index))
-    finally:
-        model.train(was_training)
+    for start in range(0, len(paths), batch_size):
+        decoded = [
+            read_image(Path(path), config.in_channels) for path in paths[start : start + batch_size]
+        ]
+        batch = prepare_images(config, decoded)
+        probabilities = predictor.activations(batch, tta=tta, batch_size=batch_size)
+        for predicted, image in zip(probabilities.argmax(dim=1), decoded, strict=True):
+            height, width = image.shape[-2:]
+            masks.append(_original_size_mask(predicted, height, width, config.resize, ignore_index))
     return masks

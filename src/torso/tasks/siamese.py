@@ -7,17 +7,22 @@ Batches are `((images_a, images_b), targets)` with targets int64 `(N,)`, 1 = sam
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
 from torso.tasks.base import Task
+from torso.tasks.classify import LABEL_SMOOTHING, cross_entropy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.predictor import Predictor
 
 PAIR_CLASSES = ("different", "same")
 
@@ -32,6 +37,11 @@ class SiameseTask(Task):
     name = "siamese"
     main_metric = "accuracy"
     higher_is_better = True
+    cli_options = (LABEL_SMOOTHING,)
+    images_per_sample = 2
+    input_names = ("images_a", "images_b")
+    output_meaning = "scores (logits) (N, 2) for (different, same); softmax gives probabilities"
+    output_activation = "softmax"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0 <= label_smoothing < 1:
@@ -46,33 +56,29 @@ class SiameseTask(Task):
 
         return DataLayout(read=read_classes, targets=ClassTargets(), pairs=True)
 
-    def build_model(self, config: dict[str, Any], *, pretrained: bool | str = False) -> nn.Module:
+    def build_model(self, config: RunConfig, *, pretrained: bool | str = False) -> nn.Module:
         """A `SiameseModel`: the backbone's body, shared, and `create_head(2 * C, 2)`."""
         from torso.models.siamese import create_siamese_model
 
-        num_outputs = int(config.get("num_outputs", 2))
-        if num_outputs != 2:
+        config = as_run_config(config)
+        if config.num_outputs != 2:
             raise TorsoError(
-                f"a Siamese model has 2 outputs (different, same), not num_outputs={num_outputs}"
+                f"a Siamese model has 2 outputs (different, same), not "
+                f"num_outputs={config.num_outputs}"
             )
         return create_siamese_model(
-            config["backbone"],
+            config.backbone,
             pretrained=pretrained,
-            in_channels=int(config.get("in_channels", 3)),
+            in_channels=config.in_channels,
             **self.head_options(config),
         )
 
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
-        return F.cross_entropy(
-            outputs.float(),
-            targets.long(),
-            label_smoothing=self.options["label_smoothing"],
-            reduction=reduction,
-        )
+        return cross_entropy(outputs, targets, self.options["label_smoothing"], reduction)
 
-    def metrics(self, config: dict[str, Any]) -> dict[str, Metric]:
+    def metrics(self, config: RunConfig) -> dict[str, Metric]:
         return {
             "accuracy": MulticlassAccuracy(2, average="micro"),
             "error_rate": 1 - MulticlassAccuracy(2, average="micro"),
@@ -103,45 +109,40 @@ class SiameseTask(Task):
             )
         return records
 
+    def predict_files(
+        self,
+        predictor: Predictor,
+        paths: Sequence[Path],
+        out: Path | None,
+        *,
+        tta: bool = False,
+        batch_size: int = 32,
+    ) -> list[dict[str, Any]]:
+        """`torso predict RUN --pair A B`: prints "same" or "different" and its probability."""
+        if len(paths) != 2:
+            raise TorsoError("a Siamese run compares two images: torso predict RUN --pair A B")
+        same, probability = predict_pair(predictor, paths[0], paths[1], tta=tta)
+        verdict = "same" if same else "different"
+        print(f"{verdict} (probability {probability:.3f}): {paths[0]} vs {paths[1]}")
+        return [{"prediction": verdict, "probability": probability}]
 
-@torch.no_grad()
+
 def predict_pair(
-    model: nn.Module,
-    config: dict[str, Any],
-    path_a: str | os.PathLike,
-    path_b: str | os.PathLike,
+    predictor: Predictor, path_a: Any, path_b: Any, *, tta: bool = False
 ) -> tuple[bool, float]:
-    """Whether two image files show the same thing, and the probability of that verdict.
+    """Whether two images show the same thing, and the probability of that verdict.
 
-    model: a Siamese model (`torso.train.checkpoint.load_model` of a run trained with task siamese);
-    config: its `torso.json` (gives `size`, `in_channels`, `resize`). Both images are read as
-    validation reads them. Returns `(same, probability)`: `(True, P(same))` or
-    `(False, P(different))`. A file that cannot be read raises `TorsoError` naming it.
+    predictor: a Siamese run's `torso.predictor.Predictor` (`torso.load(run)`); the images are
+    anything `torso.data.prepare.prepare_images` takes, read as validation reads them. Returns
+    `(same, probability)`: `(True, P(same))` or `(False, P(different))`. A file that cannot be
+    read raises `TorsoError` naming it.
     """
-    from torso.data import load_images
-
-    if config.get("task") not in (None, SiameseTask.name):
+    if predictor.task.images_per_sample != 2:
         raise TorsoError(
-            f"--pair needs a model trained with --task siamese; this one is {config['task']!r}"
+            f"--pair needs a model trained with --task siamese; this one is "
+            f"{predictor.config.task!r}"
         )
-    size = config.get("size")
-    if size is None:
-        raise TorsoError("this model's torso.json has no image size")
-    size = tuple(size) if isinstance(size, list) else size
-    images = load_images(
-        [path_a, path_b],
-        size,
-        int(config.get("in_channels", 3)),
-        config.get("resize", "squish"),
-    )
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(images[:1].to(device), images[1:].to(device))
-    finally:
-        model.train(was_training)
-    same_probability = float(logits.float().softmax(dim=1)[0, 1])
+    activations = predictor.activations([path_a, path_b], tta=tta)
+    same_probability = float(activations[0, 1])
     same = same_probability >= 0.5
     return same, same_probability if same else 1.0 - same_probability

@@ -29,24 +29,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
-from torso.train.checkpoint import atomic_write, load_model
+from torso.files import atomic_write
+from torso.tasks import get_task
+from torso.train.checkpoint import load_model
 
 #: Format name → default file name in the run folder.
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
-#: What the output of each task's model is, for the JSON description.
-OUTPUTS = {
-    "classify": ("class scores (logits) (N, K); softmax gives probabilities", "softmax"),
-    "multilabel": ("label scores (logits) (N, K); sigmoid gives probabilities", "sigmoid"),
-    "regress": ("values (N, T)", None),
-    "segment": ("class scores (logits) per pixel (N, K, H, W); softmax over K", "softmax"),
-    "siamese": (
-        "scores (logits) (N, 2) for (different, same); softmax gives probabilities",
-        "softmax",
-    ),
-}
+#: What the exporters raise for a model they cannot convert: torch's own errors (unsupported
+#: operators, data-dependent control flow) are RuntimeErrors, TypeErrors or ValueErrors;
+#: `torch.jit.Error` is none of them. Anything else (a MemoryError, a bug) is not caught.
+EXPORT_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    TypeError,
+    ValueError,
+    AssertionError,
+    torch.jit.Error,
+)
 
 
 class ExportMismatchError(TorsoError):
@@ -71,16 +73,29 @@ class ExportResult:
     checked_shapes: list[tuple[int, ...]]
 
 
-def input_names(config: dict[str, Any]) -> list[str]:
-    """Names of the graph's inputs: `["images"]`, or `["images_a", "images_b"]` for pairs."""
-    return ["images_a", "images_b"] if config.get("task") == "siamese" else ["images"]
+def input_names(config: RunConfig) -> list[str]:
+    """Names of the graph's inputs, from the task: `["images"]`, or `["images_a", "images_b"]`
+    for pairs."""
+    return list(_task(config).input_names)
 
 
-def image_size(config: dict[str, Any], size: int | tuple[int, int] | None) -> tuple[int, int]:
+def _task(config: RunConfig):
+    return get_task(config.task, **config.task_options)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions onnxruntime raises when it cannot run a model (its own classes)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+    except ImportError:
+        return ()
+    names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NotImplemented")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
+def image_size(config: RunConfig, size: int | tuple[int, int] | None) -> tuple[int, int]:
     """`(height, width)` of the export's example input: `size` if given, else the trained size."""
-    chosen = size if size is not None else config.get("size")
-    if chosen is None:
-        raise TorsoError("the model's torso.json has no image size; give one with --size")
+    chosen = size if size is not None else config.size
     if isinstance(chosen, int):
         chosen = (chosen, chosen)
     height, width = (int(side) for side in chosen)
@@ -136,7 +151,7 @@ def _to_onnx(
                 dynamic_axes=axes,
                 opset_version=ONNX_OPSET,
             )
-    except Exception as error:  # the exporter raises many kinds; all mean "cannot export"
+    except EXPORT_ERRORS as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TorsoError(f"ONNX export failed for this model: {first}") from error
     return buffer.getvalue()
@@ -148,7 +163,7 @@ def _to_torchscript(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes
         with _quiet_tracing():
             traced = torch.jit.trace(model, inputs, check_trace=False)
             torch.jit.save(traced, buffer)
-    except Exception as error:  # tracing raises many kinds; all mean "cannot trace"
+    except EXPORT_ERRORS as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TorsoError(
             f"TorchScript tracing (torch.jit.trace) failed for this model: {first}; "
@@ -192,11 +207,15 @@ def _verify(
     data: bytes,
     names: list[str],
     shapes: list[tuple[int, ...]],
+    image: torch.Tensor | None = None,
 ) -> tuple[float, list[tuple[int, ...]]]:
     run = _runner(format, data, names)
     largest, checked = 0.0, []
     for seed, shape in enumerate(shapes, start=1):
-        inputs = _random_inputs(names, shape, seed)
+        if seed == 1 and image is not None:
+            inputs = (image,) * len(names)  # a real image, as validation prepares it
+        else:
+            inputs = _random_inputs(names, shape, seed)
         try:
             with torch.no_grad():
                 expected = model(*inputs).float()
@@ -206,7 +225,7 @@ def _verify(
             continue  # the PyTorch model itself does not take this extra size: nothing to compare
         try:
             produced = run(inputs).float()
-        except Exception as error:  # onnxruntime raises its own exception types
+        except (*EXPORT_ERRORS, *_runtime_errors()) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             hint = "; export without --dynamic for a fixed input shape" if seed > 1 else ""
             raise ExportMismatchError(
@@ -223,7 +242,7 @@ def _verify(
 
 
 def describe_export(
-    config: dict[str, Any],
+    config: RunConfig,
     format: str,
     shape: tuple[int, ...],
     *,
@@ -234,41 +253,39 @@ def describe_export(
     """The JSON sidecar: what to feed the exported model and what comes out."""
     from torso.version import __version__
 
-    task = config.get("task")
-    meaning, activation = OUTPUTS.get(task, ("model outputs", None))
+    task = _task(config)
     description: dict[str, Any] = {
         "format": format,
         "file": file_name,
-        "task": task,
-        "backbone": config.get("backbone"),
-        "classes": config.get("classes"),
-        "num_outputs": config.get("num_outputs"),
-        "inputs": input_names(config),
+        "task": config.task,
+        "backbone": config.backbone,
+        "classes": list(config.classes) if config.classes is not None else None,
+        "num_outputs": config.num_outputs,
+        "inputs": list(task.input_names),
         "input_shape": list(shape),
         "input_range": [0.0, 1.0],
         "input_dtype": "float32",
         "size": list(shape[-2:]),
         "in_channels": shape[1],
-        "resize": config.get("resize", "squish"),
-        "stats": config.get("stats"),
+        "resize": config.resize,
+        "stats": [list(part) for part in config.stats] if config.stats is not None else None,
         "normalisation": "inside the model: feed pixels scaled to [0, 1], not normalised",
         "outputs": "outputs",
-        "output_meaning": meaning,
-        "activation": activation,
+        "output_meaning": task.output_meaning,
+        "activation": task.output_activation,
         "dynamic": dynamic,
         "max_abs_diff": max_abs_diff,
         "torso_version": __version__,
     }
     if format == "onnx":
         description["opset"] = ONNX_OPSET
-    if task == "segment":
-        description["ignore_index"] = (config.get("task_options") or {}).get("ignore_index", 255)
+    description.update(task.export_details(config))
     return description
 
 
 def export_model(
     model: nn.Module,
-    config: dict[str, Any],
+    config: RunConfig | dict[str, Any],
     path: str | os.PathLike,
     *,
     format: str = "onnx",
@@ -276,18 +293,23 @@ def export_model(
     dynamic: bool = False,
     verify: bool = True,
     tolerance: float = TOLERANCE,
+    check_image: Any = None,
 ) -> ExportResult:
-    """Export `model` (described by its `torso.json` `config`) to `path` and check it.
+    """Export `model` (described by its run config, or `torso.json`'s dict) to `path` and
+    check it.
 
     The example input is `(1, in_channels, H, W)` float32 in [0, 1], `(H, W)` from `size` or the
     trained size. `dynamic` (ONNX) leaves the batch, height and width free; it is then also
     checked at batch 2 and at a 32-pixel larger size. With `verify`, the export is run on random
     inputs and compared with `model`; a largest absolute difference above `tolerance` raises
-    `ExportMismatchError` and nothing is written. The JSON description goes to `path` with the
-    suffix `.json`.
+    `ExportMismatchError` and nothing is written. `check_image` (a path, PIL image, array or
+    tensor) replaces the first random input by that image prepared as validation prepares it
+    (`torso.data.prepare.prepare_images`; the export must then have the trained size). The JSON
+    description goes to `path` with the suffix `.json`.
     """
     if format not in FORMATS:
         raise TorsoError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    config = as_run_config(config, where="the model's config")
     path = Path(path)
     description_path = path.with_suffix(".json")
     if description_path == path:
@@ -295,7 +317,17 @@ def export_model(
     model = model.eval().cpu().float()
     names = input_names(config)
     height, width = image_size(config, size)
-    shape = (1, int(config.get("in_channels", 3)), height, width)
+    shape = (1, config.in_channels, height, width)
+    image = None
+    if check_image is not None:
+        from torso.data.prepare import prepare_images
+
+        if (height, width) != config.size:
+            raise TorsoError(
+                f"a check image is prepared at the trained size {config.height}x{config.width}; "
+                f"this export is {height}x{width}"
+            )
+        image = prepare_images(config, check_image)[:1]
     example = _random_inputs(names, shape, seed=0)
     try:
         with torch.no_grad():
@@ -308,7 +340,9 @@ def export_model(
         data = _to_torchscript(model, example)
     difference, checked = None, []
     if verify:
-        difference, checked = _verify(model, format, data, names, _check_shapes(shape, dynamic))
+        difference, checked = _verify(
+            model, format, data, names, _check_shapes(shape, dynamic), image
+        )
         if difference > tolerance:
             raise ExportMismatchError(
                 f"the exported {format} model's outputs differ from PyTorch's by up to "
@@ -323,7 +357,7 @@ def export_model(
         max_abs_diff=difference,
         file_name=path.name,
     )
-    atomic_write(description_path, (json.dumps(description, indent=2) + "\n").encode())
+    atomic_write(description_path, json.dumps(description, indent=2) + "\n")
     return ExportResult(path, description_path, format, difference, checked)
 
 
@@ -336,6 +370,7 @@ def export_run(
     dynamic: bool = False,
     verify: bool = True,
     tolerance: float = TOLERANCE,
+    check_image: Any = None,
 ) -> ExportResult:
     """Export the model saved in `run` (a folder with `torso.json` + `model.safetensors`).
 
@@ -357,4 +392,5 @@ def export_run(
         dynamic=dynamic,
         verify=verify,
         tolerance=tolerance,
+        check_image=check_image,
     )

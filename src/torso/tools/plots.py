@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from torso.errors import TorsoError
+from torso.files import atomic_write
 
 VOID = 255
 """Mask value for pixels that belong to no class (ignored by losses and metrics)."""
@@ -41,7 +43,8 @@ VOID = 255
 # History keys that describe the run's bookkeeping rather than a metric worth a curve.
 _BOOKKEEPING_KEYS = frozenset({"epoch", "step", "time", "seconds", "elapsed", "lr"})
 
-_OVERLAY_ALPHA = 0.6
+#: Weight of the class colour in an overlay pixel (the rest is the image's grey level).
+OVERLAY_ALPHA = 0.6
 _MAX_LABEL_CHARS = 24
 
 
@@ -208,6 +211,37 @@ def plot_lr_find(lrs: Any, losses: Any, suggestion: float | None, path: str | os
         return _save(figure, path)
 
 
+def confusion_matrix(targets: Any, predictions: Any, num_classes: int) -> Any:
+    """`(K, K)` counts of class ids `(N,)` (torch tensors): row = actual, column = predicted."""
+    import torch
+
+    index = torch.as_tensor(targets).long() * num_classes + torch.as_tensor(predictions).long()
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def images_at(loader: Any, positions: list[int]) -> Any:
+    """The input images at `positions` (in loader order) of a loader yielding `(images, y)`,
+    as a float tensor `(len(positions), C, H, W)`; None if its inputs are not plain image
+    batches."""
+    import torch
+
+    wanted = {position: slot for slot, position in enumerate(positions)}
+    found: list[Any] = [None] * len(positions)
+    offset = 0
+    for x, _ in loader:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            return None
+        for row in range(len(x)):
+            if offset + row in wanted:
+                found[wanted[offset + row]] = x[row].float().cpu()
+        offset += len(x)
+        if all(image is not None for image in found):
+            break
+    if any(image is None for image in found):
+        return None
+    return torch.stack(found)
+
+
 def plot_confusion_matrix(matrix: Any, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """A confusion matrix as a grid of counts: rows are the actual classes, columns predicted.
 
@@ -372,8 +406,8 @@ def plot_segmentation(
             accuracy = (prediction[valid] == truth[valid]).mean() if valid.any() else float("nan")
             panels = (
                 (picture, "image"),
-                (_overlay(picture, truth, colours), "truth"),
-                (_overlay(picture, prediction, colours), f"prediction (pixel acc {accuracy:.1%})"),
+                (overlay(picture, truth, colours), "truth"),
+                (overlay(picture, prediction, colours), f"prediction (pixel acc {accuracy:.1%})"),
             )
             for axes, (shown, title) in zip(grid[row], panels, strict=True):
                 axes.imshow(shown, interpolation="nearest")
@@ -515,7 +549,7 @@ def write_report(
     except OSError as error:
         raise TorsoError(f"cannot create run folder '{directory}': {error.strerror}") from error
     target = directory / "report.html"
-    _write_atomically(target, "\n".join(parts).encode("utf-8"))
+    atomic_write(target, "\n".join(parts))
     return target
 
 
@@ -538,24 +572,10 @@ def _save(figure: Figure, path: str | os.PathLike) -> Path:
     except OSError as error:
         raise TorsoError(f"cannot create folder '{target.parent}': {error.strerror}") from error
     FigureCanvasAgg(figure)
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        figure.savefig(temporary, format="png", dpi=100, metadata={"Software": None})
-        os.replace(temporary, target)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise TorsoError(f"cannot write plot '{target}': {error.strerror}") from error
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    atomic_write(target, buffer.getvalue())
     return target
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise TorsoError(f"cannot write '{target}': {error.strerror}") from error
 
 
 def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
@@ -650,17 +670,26 @@ def _show_image(axes: Any, picture: np.ndarray) -> None:
     axes.set_axis_off()
 
 
-def _overlay(picture: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """Blend the class colours onto an (H, W, 3) image; void pixels keep the image.
+def overlay(picture: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Blend the class colours onto an image; void pixels keep the image.
 
-    The colours go onto the image's grey levels, so they match the legend whatever the image's
-    own colours are.
+    picture: float `(H, W, 3)` in [0, 1]; mask: class ids `(H, W)`, `VOID` for none; colours:
+    `palette(K)`. Returns float `(H, W, 3)` in [0, 1]. The colours go onto the image's grey
+    levels, so they match the legend whatever the image's own colours are.
     """
     void = mask == VOID
     tint = colours[np.where(void, 0, mask)].astype(np.float32) / 255
     grey = picture.mean(axis=2, keepdims=True)
-    blended = (1 - _OVERLAY_ALPHA) * grey + _OVERLAY_ALPHA * tint
+    blended = (1 - OVERLAY_ALPHA) * grey + OVERLAY_ALPHA * tint
     return np.where(void[..., None], picture, blended)
+
+
+def overlay_image(image: Image.Image, mask: np.ndarray, num_classes: int) -> Image.Image:
+    """A PIL image with the `palette(num_classes)` colour of each pixel's class blended in, as
+    `overlay` does; mask: class ids `(H, W)` at the image's size, `VOID` for none."""
+    picture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    blended = overlay(picture, np.asarray(mask), palette(num_classes))
+    return Image.fromarray(np.clip(np.round(blended * 255), 0, 255).astype(np.uint8), mode="RGB")
 
 
 def _escape(text: Any) -> str:

@@ -9,8 +9,8 @@ A saved model is a folder with two files:
 
 Training state (weights, optimiser, schedule position, epoch, RNG states, callbacks, history) is
 one safetensors file whose JSON metadata holds everything that is not a tensor. Every file is
-written to a temporary name and renamed (`os.replace`), so a killed process leaves either the
-old file or the new one, never half of one. Nothing here ever unpickles.
+written by `torso.files.atomic_write` (a temporary name, then `os.replace`), so a killed process
+leaves either the old file or the new one, never half of one. Nothing here ever unpickles.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import hashlib
 import json
 import os
 import random
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,39 +30,19 @@ from safetensors.torch import load as load_tensor_bytes
 from safetensors.torch import save as save_tensor_bytes
 from torch import nn
 
+from torso.config import CONFIG_FILE, RunConfig, as_run_config, config_file, read_file
+from torso.config import FILE_FORMAT as FORMAT
 from torso.errors import TorsoError
+from torso.files import atomic_write
+
+__all__ = ["CONFIG_FILE", "FORMAT", "atomic_write"]
 
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "torso.json"
 STATE_FILE = "state.safetensors"
-FORMAT = "torso-model"
 STATE_FORMAT = "torso-training-state"
-FORMAT_VERSION = 1
 
 
 # -- files ------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as error:
-        raise TorsoError(f"cannot write to '{path.parent}': {error.strerror or error}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; saved files are ordinary ones
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None) -> bytes:
     """Tensors (copied to CPU, contiguous, unshared) plus optional JSON `info`, as safetensors."""
     plain = {name: value.detach().to("cpu").contiguous().clone() for name, value in tensors.items()}
@@ -105,32 +84,83 @@ def parse_tensor_bytes(data: bytes, name: str) -> tuple[dict[str, torch.Tensor],
 
 
 # -- models -----------------------------------------------------------------------------------
-def make_config(
-    task: Any,
-    backbone: str,
-    num_outputs: int,
-    *,
-    classes: list[str] | None = None,
-    size: int | tuple[int, int] | None = None,
-    in_channels: int = 3,
-    head_options: dict[str, Any] | None = None,
-    stats: Any = None,
-) -> dict[str, Any]:
-    """The JSON-able description of a model that `torso.json` stores and `load_model` rebuilds."""
-    from torso.version import __version__
+def save_model(
+    model: nn.Module, config: RunConfig | Mapping[str, Any], folder: str | os.PathLike
+) -> Path:
+    """Write `model.safetensors` and `torso.json` (the run config, the file format and the
+    weights' SHA-256) into `folder`, each atomically; returns the folder.
 
-    return {
-        "task": task.name,
-        "task_options": dict(task.options),
-        "backbone": backbone,
-        "num_outputs": int(num_outputs),
-        "head_options": dict(head_options or {}),
-        "in_channels": int(in_channels),
-        "classes": list(classes) if classes is not None else None,
-        "size": list(size) if isinstance(size, tuple | list) else size,
-        "stats": _plain(stats),
-        "torso_version": __version__,
+    config: the run's `RunConfig` (a `torso.json`-style dict is checked and accepted too).
+    """
+    folder = Path(folder)
+    config = as_run_config(config, where=f"the config of the model saved to '{folder}'")
+    weights = tensors_to_bytes(dict(model.state_dict()))
+    atomic_write(folder / WEIGHTS_FILE, weights)
+    description = {
+        "format": FORMAT,
+        **config.to_dict(),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
+    atomic_write(folder / CONFIG_FILE, json.dumps(description, indent=2) + "\n")
+    return folder
+
+
+def read_config(path: str | os.PathLike) -> RunConfig:
+    """The `RunConfig` in `torso.json` of a saved model (`path`: the folder or the JSON file).
+
+    A missing or mistyped field, an unknown format version or a file without the weights'
+    checksum is a `TorsoError` naming the file and the field.
+    """
+    return _read_description(Path(path))[0]
+
+
+def _read_description(path: Path) -> tuple[RunConfig, str]:
+    """The config and the weights' SHA-256 recorded in a saved model's `torso.json`."""
+    data = read_file(path)
+    where = str(config_file(path))
+    config = RunConfig.from_dict(data, where=where)
+    checksum = data.get("weights_sha256")
+    if not isinstance(checksum, str):
+        raise TorsoError(f"'{where}' is damaged: it lacks 'weights_sha256'")
+    return config, checksum
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, RunConfig]:
+    """Rebuild a saved model from its folder: the task builds the architecture from
+    `torso.json`, then the weights are read from `model.safetensors` (no pickle).
+
+    Returns `(model, config)`; the model is in eval mode on the CPU. Weights saved with the
+    keys of torso 0.1's `nn.Sequential` models (`0.*`, `1.*`) load too.
+    """
+    from torso.models.model import upgrade_state_dict
+    from torso.tasks import get_task
+
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    config, checksum = _read_description(folder)
+    weights_file = folder / WEIGHTS_FILE
+    try:
+        data = weights_file.read_bytes()
+    except FileNotFoundError:
+        raise TorsoError(f"'{folder}' has {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
+    if hashlib.sha256(data).hexdigest() != checksum:
+        raise TorsoError(
+            f"'{weights_file}' does not match its {CONFIG_FILE} (altered or truncated): "
+            "the checksum differs"
+        )
+    tensors, _ = parse_tensor_bytes(data, str(weights_file))
+    task = get_task(config.task, **config.task_options)
+    model = task.build_model(config, pretrained=False)
+    try:
+        model.load_state_dict(upgrade_state_dict(tensors), strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1 if "\n" in str(error) else 0].strip()
+        raise TorsoError(
+            f"the weights in '{weights_file}' do not fit the model that {CONFIG_FILE} describes "
+            f"({config.backbone}): {first_line}"
+        ) from None
+    return model.eval(), config
 
 
 def _plain(value: Any) -> Any:
@@ -142,85 +172,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     return value
-
-
-def save_model(model: nn.Module, config: dict[str, Any], folder: str | os.PathLike) -> Path:
-    """Write `model.safetensors` and `torso.json` into `folder`; returns the folder."""
-    folder = Path(folder)
-    for key in ("task", "backbone", "num_outputs"):
-        if config.get(key) is None:
-            raise TorsoError(f"cannot save a model whose config has no {key!r}")
-    weights = tensors_to_bytes(dict(model.state_dict()))
-    atomic_write(folder / WEIGHTS_FILE, weights)
-    description = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **_plain(config),
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-    }
-    atomic_write(folder / CONFIG_FILE, (json.dumps(description, indent=2) + "\n").encode())
-    return folder
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The config in `torso.json` of a saved model (`path` is the folder or the JSON file)."""
-    path = Path(path)
-    file = path / CONFIG_FILE if path.is_dir() else path
-    if not file.exists():
-        if not path.exists():
-            raise TorsoError(f"'{path}' does not exist")
-        raise TorsoError(f"'{path}' is not a torso model: it has no {CONFIG_FILE}")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TorsoError(f"'{file}' is damaged: not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise TorsoError(f"'{file}' is not a torso model description")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise TorsoError(f"'{file}' was written by a newer torso; upgrade torso to load it")
-    missing = [
-        key for key in ("task", "backbone", "num_outputs", "weights_sha256") if key not in config
-    ]
-    if missing:
-        raise TorsoError(f"'{file}' is damaged: it lacks {', '.join(missing)}")
-    return config
-
-
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved model from its folder: the task builds the architecture from
-    `torso.json`, then the weights are read from `model.safetensors` (no pickle).
-
-    Returns `(model, config)`; the model is in eval mode on the CPU.
-    """
-    from torso.models.model import upgrade_state_dict
-    from torso.tasks import get_task
-
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent
-    config = read_config(folder)
-    weights_file = folder / WEIGHTS_FILE
-    try:
-        data = weights_file.read_bytes()
-    except FileNotFoundError:
-        raise TorsoError(f"'{folder}' has {CONFIG_FILE} but no {WEIGHTS_FILE}") from None
-    if hashlib.sha256(data).hexdigest() != config["weights_sha256"]:
-        raise TorsoError(
-            f"'{weights_file}' does not match its {CONFIG_FILE} (altered or truncated): "
-            "the checksum differs"
-        )
-    tensors, _ = parse_tensor_bytes(data, str(weights_file))
-    task = get_task(config["task"], **(config.get("task_options") or {}))
-    model = task.build_model(config, pretrained=False)
-    try:
-        model.load_state_dict(upgrade_state_dict(tensors), strict=True)
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[1 if "\n" in str(error) else 0].strip()
-        raise TorsoError(
-            f"the weights in '{weights_file}' do not fit the model that {CONFIG_FILE} describes "
-            f"({config['backbone']}): {first_line}"
-        ) from None
-    return model.eval(), config
 
 
 # -- training state ---------------------------------------------------------------------------
