@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from torso import create_model
+from torso import create_model, distributed
 from torso.data import load_data
 from torso.tasks import get_task
-from torso.train import distributed
 from torso.train.learner import Learner, set_seed
 
 PER_PROCESS_BATCH = 4

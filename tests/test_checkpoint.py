@@ -11,18 +11,17 @@ import pytest
 import torch
 
 import torso
+from torso.checkpoint import load_model, save_model
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.predictor import load
 from torso.tasks import get_task
-from torso.train.checkpoint import (
+from torso.train.state import (
     capture_rng,
-    load_model,
     load_training_state,
     optimizer_from_tensors,
     optimizer_to_tensors,
     restore_rng,
-    save_model,
     save_training_state,
 )
 

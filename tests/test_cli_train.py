@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from test_learner_shapes import write_shape_folder
 
 from torso.cli import main
-from torso.train.checkpoint import load_training_state
+from torso.train.state import load_training_state
 
 TINY = ["--backbone", "test_resnet", "--size", "32", "--workers", "0", "--quiet"]
 

@@ -31,10 +31,10 @@ from distributed_worker import PER_PROCESS_BATCH, build_learner
 from safetensors.torch import load_file
 from test_learner_shapes import write_shape_folder
 
+from torso import distributed
 from torso.errors import TorsoError
-from torso.train import distributed
 from torso.train.callbacks.base import Callback
-from torso.train.checkpoint import load_training_state
+from torso.train.state import load_training_state
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -164,9 +164,9 @@ def test_bad_file_is_named_or_skipped_and_counted(images, tmp_path, capsys):
 
 
 def test_index_from_a_trained_run_uses_its_size_and_rebuilds_its_model(images, tmp_path, capsys):
+    from torso.checkpoint import save_model
     from torso.config import RunConfig
     from torso.tasks import get_task
-    from torso.train.checkpoint import save_model
 
     task = get_task("classify")
     config = RunConfig("classify", "test_resnet", 3, 48, classes=["a", "b", "c"])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from torso.checkpoint import save_model
 from torso.cli import main
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks import get_task
 from torso.tools.export import export_model, export_run
-from torso.train.checkpoint import save_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

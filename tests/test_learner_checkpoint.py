@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torso.train.checkpoint import cuda_rng_keys
+from torso.train.state import cuda_rng_keys
 
 
 def test_cuda_rng_states_are_restored_in_numeric_gpu_order():

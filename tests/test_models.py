@@ -103,7 +103,7 @@ def test_param_groups_look_through_the_compile_wrapper():
 
 
 def test_old_checkpoints_with_sequential_keys_still_load(tmp_path):
-    from torso.train.checkpoint import load_model, save_model
+    from torso.checkpoint import load_model, save_model
 
     model = torso.create_model("test_resnet", 3).eval()
     old = nn.Sequential(model.body, model.head)  # how models were built before .body/.head

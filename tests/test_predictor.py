@@ -14,6 +14,7 @@ from PIL import Image
 from test_learner_shapes import write_shape_folder
 
 import torso
+from torso.checkpoint import save_model
 from torso.cli import main
 from torso.config import RunConfig
 from torso.data.decode import read_image
@@ -22,7 +23,6 @@ from torso.data.transforms import resize_square
 from torso.errors import TorsoError
 from torso.predictor import Predictor
 from torso.tasks import get_task
-from torso.train.checkpoint import save_model
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -135,7 +135,7 @@ def test_predict_of_a_pair_run_needs_two_images(tmp_path, photo, capsys):
 
 def test_the_mask_overlay_is_one_function(tmp_path, photo):
     """`torso predict` of a segmentation run and the report's figure blend masks the same way."""
-    from torso.tools.plots import overlay, overlay_image, palette
+    from torso.plots import overlay, overlay_image, palette
 
     run = saved_run(tmp_path / "run", "segment", 3, ["a", "b", "c"], decoder_width=16)
     out = tmp_path / "masks"
@@ -161,8 +161,11 @@ def test_task_options_come_from_the_tasks(capsys):
     assert "--architecture" in text and "unet2015" in text
     # declared by classify and siamese, described once
     assert text.count("\n  --label-smoothing") == 1 and "classify, siamese:" in text
-    args = parser.parse_args(["data", "--label-smoothing", "0.1", "--dice-weight", "0.5"])
+    args = parser.parse_args(["data", "--label-smoothing", "0.1"])
     assert chosen_task_options(args) == {"label_smoothing": 0.1}
+    args = parser.parse_args(["data", "--label-smoothing", "0.1", "--dice-weight", "0.5"])
+    with pytest.raises(TorsoError, match="--dice-weight is an option of --task segment"):
+        chosen_task_options(args)  # another task's option is refused, not silently dropped
     args = parser.parse_args(["data", "--task", "regress", "--y-range", "0", "1"])
     assert chosen_task_options(args) == {"y_range": (0.0, 1.0)}
     args = parser.parse_args(["data", "--task", "segment", "--dice-weight", "0.5"])

@@ -1,4 +1,4 @@
-"""torso.tools.plots: every plot is a PNG a person can open, and report.html stands alone."""
+"""torso.plots: every plot is a PNG a person can open, and report.html stands alone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from torso.errors import TorsoError
-from torso.tools.plots import (
+from torso.plots import (
     VOID,
     mask_to_image,
     palette,

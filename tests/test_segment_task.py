@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from torso.checkpoint import load_model, save_model
 from torso.cli import main
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.models.segmentation import DynamicUnet
 from torso.tasks import get_task
 from torso.tasks.segment import SegmentTask, soft_dice_loss
-from torso.train.checkpoint import load_model, save_model
 
 VOID = 255
 CODES = ["background", "circle", "square"]

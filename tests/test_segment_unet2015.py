@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from test_segment_task import write_shapes
 
+from torso.checkpoint import load_model
 from torso.cli import main
 from torso.models.segmentation import UNet2015
-from torso.train.checkpoint import load_model
 
 
 def test_train_unet2015_from_the_command_line_and_load_it(tmp_path):

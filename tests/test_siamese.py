@@ -102,11 +102,11 @@ def test_task_loss_metrics_and_description():
 
 
 def test_siamese_reaches_90_percent_pair_accuracy_and_predicts_pairs(tmp_path, capsys):
+    from torso.checkpoint import save_model
     from torso.config import RunConfig
     from torso.data import load_data
     from torso.data.datasets import PairDataset
     from torso.predictor import load
-    from torso.train.checkpoint import save_model
     from torso.train.learner import Learner, set_seed
 
     data = make_colour_classes(tmp_path / "colours", per_class=40)

@@ -52,7 +52,7 @@ def load(path: Any, *, device: Any = None):
     mode), `.task`, `.config` (the run's `RunConfig`: task, backbone, classes, size, stats, ...),
     `.predict(images)`, `.get_preds(loader)`, `.tta(loader)`; no optimiser, no data. The
     architecture is rebuilt from JSON and the weights read from safetensors: nothing is
-    unpickled. `torso.train.checkpoint.load_model(path)` gives `(model, config)` alone.
+    unpickled. `torso.checkpoint.load_model(path)` gives `(model, config)` alone.
     """
     from torso.predictor import load as load_predictor
 

@@ -1,4 +1,5 @@
-"""Writing files so that a killed process never leaves half of one: `atomic_write`.
+"""Writing files so that a killed process never leaves half of one (`atomic_write`), and tensors
+with JSON metadata as safetensors bytes (`tensors_to_bytes`, `read_tensor_file`), never pickle.
 
 The one definition torso uses for every file a user keeps (models, `torso.json`, training
 state, reports, embedding indexes): the data goes to a uniquely named temporary file in the same
@@ -8,9 +9,16 @@ use their own temporary file, and a reader sees either the old file or the new o
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensor_bytes
+from safetensors.torch import save as save_tensor_bytes
 
 from torso.errors import TorsoError
 
@@ -46,3 +54,44 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+# -- safetensors ----------------------------------------------------------------------------
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None) -> bytes:
+    """Tensors (copied to CPU, contiguous, unshared) plus optional JSON `info`, as safetensors."""
+    plain = {name: value.detach().to("cpu").contiguous().clone() for name, value in tensors.items()}
+    metadata = {"torso": json.dumps(info)} if info is not None else None
+    return save_tensor_bytes(plain, metadata=metadata)
+
+
+def read_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON info from a safetensors file; a clear TorsoError if it is damaged."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TorsoError(f"'{path}' does not exist") from None
+    except OSError as error:
+        raise TorsoError(f"cannot read '{path}': {error.strerror or error}") from None
+    return parse_tensor_bytes(data, str(path))
+
+
+def parse_tensor_bytes(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON info from safetensors bytes; `name` is used in error messages."""
+    damaged = f"'{name}' is damaged or truncated (not a complete safetensors file)"
+    if len(data) < 8:
+        raise TorsoError(damaged)
+    header_length = int.from_bytes(data[:8], "little")
+    if header_length > len(data) - 8:
+        raise TorsoError(damaged)
+    try:
+        header = json.loads(data[8 : 8 + header_length])
+        tensors = load_tensor_bytes(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError):
+        raise TorsoError(damaged) from None
+    metadata = header.get("__metadata__") or {}
+    try:
+        info = json.loads(metadata["torso"]) if "torso" in metadata else {}
+    except json.JSONDecodeError:
+        raise TorsoError(damaged) from None
+    return tensors, info

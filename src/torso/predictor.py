@@ -3,7 +3,7 @@
 A Predictor holds no optimiser and no data: `predict(images)` prepares any images as validation
 did (`torso.data.prepare.prepare_images`) and returns the task's records (class names, not
 numbers); `get_preds(loader)` and `tta(loader)` measure a loader of `(x, y)` batches. Under
-torchrun, a loader shared out among the processes (`torso.train.distributed.ShardSampler`) is
+torchrun, a loader shared out among the processes (`torso.distributed.ShardSampler`) is
 gathered back in order, as the Learner does; a Predictor never creates a process group.
 
     predictor = torso.load("runs/pets")          # model.safetensors + torso.json, no pickle
@@ -165,7 +165,7 @@ class Predictor:
     def _measured_together(self, loader: Iterable) -> bool:
         """Whether all processes of a torchrun launch measure `loader` together, each its own
         share (then every process must make the call)."""
-        from torso.train import distributed
+        from torso import distributed
 
         shared = distributed.is_distributed() and isinstance(
             getattr(loader, "sampler", None), distributed.ShardSampler
@@ -180,7 +180,7 @@ class Predictor:
             raise TorsoError("the loader yields no batches")
         results = {key: torch.cat(values) for key, values in parts.items()}
         if shared:
-            from torso.train import distributed
+            from torso import distributed
 
             results = {key: distributed.gather_in_order(value) for key, value in results.items()}
         return results
@@ -198,8 +198,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -
     safetensors; nothing is unpickled. A missing, truncated or altered file raises `TorsoError`.
     `device` defaults to the CPU.
     """
+    from torso.checkpoint import load_model
     from torso.tasks import get_task
-    from torso.train.checkpoint import load_model
 
     model, config = load_model(Path(path))
     task = get_task(config.task, **config.task_options)

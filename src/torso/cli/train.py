@@ -5,7 +5,7 @@ The run folder (`--out`, default `runs/<data folder name>`) receives `model.safe
 `--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
 
 Under `torchrun --nproc-per-node N -m torso train ...` the same command trains with
-DistributedDataParallel (see `torso.train.distributed`): `--batch-size` is per process (the
+DistributedDataParallel (see `torso.distributed`): `--batch-size` is per process (the
 global batch is N times larger), only the main process writes the run folder and prints, and
 the report is measured by the main process over the whole validation set.
 """
@@ -159,16 +159,26 @@ def add_task_options(parser: argparse.ArgumentParser) -> None:
 
 def chosen_task_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of the task `args.task` that the command line sets to other than their
-    defaults (a list of values becomes a tuple), for `get_task(args.task, **options)`."""
-    from torso.registry import task_class
+    defaults (a list of values becomes a tuple), for `get_task(args.task, **options)`.
 
-    options = {}
-    for option in getattr(task_class(args.task), "cli_options", ()):
+    An option that only other tasks declare, set on the command line, is a `TorsoError`
+    (`--architecture` belongs to segment, not to classify).
+    """
+    from torso.registry import task_class, task_names
+
+    def given(option) -> Any:
         value = getattr(args, option.name, option.default)
-        if isinstance(value, list):
-            value = tuple(value)
-        if value != option.default and not (option.type is bool and value is False):
-            options[option.name] = value
+        value = tuple(value) if isinstance(value, list) else value
+        changed = value != option.default and not (option.type is bool and value is False)
+        return value if changed else None
+
+    mine = getattr(task_class(args.task), "cli_options", ())
+    options = {option.name: given(option) for option in mine if given(option) is not None}
+    names = {option.name for option in mine}
+    for other in task_names():
+        for option in getattr(task_class(other), "cli_options", ()):
+            if option.name not in names and given(option) is not None:
+                raise TorsoError(f"{option.flag} is an option of --task {other}, not {args.task}")
     return options
 
 
@@ -268,8 +278,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 def load_training_data(args: argparse.Namespace):
     """`torso.data.load_data` with the command line's options (this process's share of the data
     under torchrun)."""
+    from torso import distributed
     from torso.data import load_data
-    from torso.train import distributed
 
     samplers = distributed.shard_samplers(args.seed) if distributed.is_distributed() else {}
 
@@ -399,7 +409,7 @@ def default_run_folder(data: str) -> Path:
 
 # -- the command ------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from torso.train import distributed
+    from torso import distributed
 
     # Under torchrun: join the other processes; any failure ends this one promptly.
     distributed.setup(args.device, timeout=getattr(args, "dist_timeout", 600.0))
@@ -411,8 +421,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from torso import distributed
     from torso.tasks import get_task
-    from torso.train import distributed
     from torso.train.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
     from torso.train.learner import set_seed
 

@@ -120,6 +120,11 @@ class Task:
             **self.head_options(config),
         )
 
+    def summary_notes(self, config: RunConfig, model: nn.Module) -> list[str]:
+        """Lines `torso summary` prints under the table (e.g. the same model with other
+        options); none by default."""
+        return []
+
     # -- training ----------------------------------------------------------------------------
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"

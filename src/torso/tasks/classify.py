@@ -128,7 +128,7 @@ class ClassifyTask(Task):
 
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """Confusion matrix and top losses over the validation set."""
-        from torso.tools import plots
+        from torso import plots
 
         predictions = predictor.get_preds(loader, with_loss=True)
         activations, targets = predictions["activations"], predictions["targets"]

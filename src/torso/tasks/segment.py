@@ -46,6 +46,8 @@ CSV_NAME = "predictions.csv"
 #: Smoothing of the soft Dice loss, in pixels: keeps classes absent from an image from
 #: dividing by zero and makes the loss of an empty class whose prediction is empty about zero.
 DICE_SMOOTHING = 1.0
+#: The decoder cap `torso summary` compares fastai's widths with (smp's Unet widths).
+DECODER_CAP = 256
 #: Model architectures of the task: a decoder on any body, or the 2015 paper's U-Net.
 ARCHITECTURES = ("dynamic_unet", "unet2015")
 
@@ -184,6 +186,22 @@ class SegmentTask(Task):
         body = create_body(config.backbone, pretrained=pretrained, in_channels=config.in_channels)
         return DynamicUnet(body, config.num_outputs, **self.head_options(config))
 
+    def summary_notes(self, config: RunConfig, model: nn.Module) -> list[str]:
+        """For a DynamicUnet: its parameters with the decoder capped at 256 (smp's widths) when
+        uncapped, or with fastai's widths when capped, so both sizes are in view."""
+        from torso.models.segmentation import DynamicUnet
+
+        if not isinstance(model, DynamicUnet):
+            return []
+        capped = self.head_options(config).get("decoder_width") is not None
+        other = DynamicUnet(
+            model.body, config.num_outputs, decoder_width=None if capped else DECODER_CAP
+        )
+        total = sum(p.numel() for p in other.parameters())
+        this = sum(p.numel() for p in model.parameters())
+        label = "uncapped (fastai's widths)" if capped else f"capped at {DECODER_CAP}"
+        return [f"The same U-Net with decoder widths {label}: {total:,} parameters ({this:,} here)"]
+
     # -- training ----------------------------------------------------------------------------
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
@@ -285,7 +303,7 @@ class SegmentTask(Task):
         mask and the share of its pixels given to each class. Returns those rows."""
         from torso.data.decode import read_pil
         from torso.files import atomic_write
-        from torso.tools.plots import mask_to_image, overlay_image
+        from torso.plots import mask_to_image, overlay_image
 
         if out is None:
             raise TorsoError("a segmentation model writes mask images: give --out FOLDER")
@@ -327,7 +345,7 @@ class SegmentTask(Task):
     # -- the report --------------------------------------------------------------------------
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images."""
-        from torso.tools import plots
+        from torso import plots
 
         images, truths, count = [], [], 0
         for x, y in loader:

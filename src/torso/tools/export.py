@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from torso.checkpoint import load_model
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
 from torso.files import atomic_write
 from torso.tasks import get_task
-from torso.train.checkpoint import load_model
 
 #: Format name → default file name in the run folder.
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}

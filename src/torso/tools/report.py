@@ -1,7 +1,7 @@
 """The report of a training run: the plots of a Learner's results and `report.html`.
 
 Glue between the Learner (which has the history, the model and the validation loader) and
-`torso.tools.plots` (which draws plain data). Writes into the run folder: `losses.png`, the
+`torso.plots` (which draws plain data). Writes into the run folder: `losses.png`, the
 task's own figures (`Task.report_figures`: confusion matrix and top losses for single-label
 classification, image | truth | prediction for segmentation, ...) and `report.html` with them,
 the lr_find curve when there is one, the model summary and the config.
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torso import plots as report
 from torso.config import RunConfig, as_run_config
-from torso.tools import plots as report
-from torso.tools.plots import confusion_matrix, images_at
+from torso.plots import confusion_matrix, images_at
 
 if TYPE_CHECKING:
     from torso.tasks.base import Task

@@ -72,12 +72,15 @@ def stage_parameters(body: Body) -> list[int]:
 
 
 def summarize(model: nn.Module, size: int | tuple[int, int] = 224) -> ModelSummary:
-    """Shapes and parameter counts of a body + head model (`model.body` a Body, `model.head`
-    taking its final map) for one `size` input.
+    """Shapes and parameter counts of a body + head model (`model.body` a Body) for one `size`
+    input.
 
-    The head's layers are run one by one on the body's output, so each row shows what that
-    layer really produces.
+    A head that takes the body's final map has its layers run one by one on it, so each row
+    shows what that layer really produces; a head that takes every stage (a model whose
+    `head_takes_features` is true: the U-Nets) is shown by `summarize_segmentation`.
     """
+    if getattr(model, "head_takes_features", False):
+        return summarize_segmentation(model, size)
 
     def head_rows(head: nn.Module, images: torch.Tensor, maps: list[torch.Tensor]) -> list[Row]:
         rows, x = [], maps[-1]

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torso import distributed
 from torso.errors import TorsoError
 from torso.tasks.base import Task
-from torso.train import distributed
 
 
 @torch.no_grad()

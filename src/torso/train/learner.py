@@ -12,7 +12,7 @@ its groups); accumulation is `stepping` (does this batch end with a step) and th
 by `accumulate`. Every training call is a list of `schedules.Phase`s (a fine-tune is two); after
 every epoch `torso.train.state` saves all a resume needs to continue exactly (`resume()`).
 
-Under torchrun (`torso.train.distributed`) each process takes its share of every batch, the
+Under torchrun (`torso.distributed`) each process takes its share of every batch, the
 gradients are averaged, validation covers the whole validation set once, and only the main
 process runs the callbacks (but those that `run_everywhere`) and writes files.
 `predict`, `get_preds` and `tta` are those of `torso.predictor.Predictor`.
@@ -30,19 +30,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from torso import checkpoint, distributed
 from torso.errors import TorsoError
 from torso.models import freeze_to as freeze_model_to
 from torso.models import set_frozen_norm_eval
 from torso.tasks.base import Task
-from torso.train import checkpoint, distributed, optimizer, state
+from torso.train import optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
-from torso.train.checkpoint import set_seed as set_seed  # where callers have always found it
 from torso.train.evaluation import batch_size, evaluate
 from torso.train.parallel import Parallel
 from torso.train.parallel import sync_batchnorm as sync_batchnorm_layers
 from torso.train.placement import to_device, wants_channels_last
 from torso.train.precision import Precision, choose_precision
 from torso.train.schedules import LearningRate, Phase, fine_tune_phases, spread_learning_rate
+from torso.train.state import set_seed as set_seed  # where callers have always found it
 
 if TYPE_CHECKING:
     from torso.config import RunConfig
@@ -283,7 +284,7 @@ class Learner:
         else:
             self.phase_index, self.phase_epoch = self.phase_index + 1, 0
         if self.out is not None and distributed.is_main_process():
-            self.save_state(self.out / checkpoint.STATE_FILE)
+            self.save_state(self.out / state.STATE_FILE)
 
     def _train(self, phase: Phase) -> float:
         """One epoch over the training loader; returns the mean training loss."""
@@ -396,7 +397,7 @@ class Learner:
         if path is None:
             if self.out is None:
                 raise TorsoError("resume() needs a state file or a Learner with a run folder")
-            path = self.out / checkpoint.STATE_FILE
+            path = self.out / state.STATE_FILE
         position = state.load_state(self, path)
         if position is not None:
             self.fit_phases(*position)

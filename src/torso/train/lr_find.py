@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from torso import distributed
 from torso.errors import TorsoError
-from torso.train import distributed
 from torso.train.callbacks.base import Callback, CancelFit
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def lr_find(
         raise TorsoError("the training loader yields no batches")
     result = LRFindResult(lrs=finder.lrs, losses=finder.losses, suggestion=finder.suggestion())
     if plot is not None:
-        from torso.tools.plots import plot_lr_find
+        from torso.plots import plot_lr_find
 
         result.plot = plot_lr_find(result.lrs, result.losses, result.suggestion, plot)
     return result

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torso.train import distributed
+from torso import distributed
 
 
 class Parallel:

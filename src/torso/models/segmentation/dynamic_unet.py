@@ -237,6 +237,9 @@ class DynamicUnet(nn.Module):
     naming nearby sizes that work.
     """
 
+    #: the head is called as `head(images, body.features(images))` (see torso.tools.summary)
+    head_takes_features = True
+
     def __init__(
         self,
         body: Body,

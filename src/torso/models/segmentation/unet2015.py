@@ -238,6 +238,9 @@ class UNet2015(nn.Module):
     square images its loaders give, with masks of the same size.
     """
 
+    #: the head is called as `head(images, body.features(images))` (see torso.tools.summary)
+    head_takes_features = True
+
     def __init__(self, in_channels: int = 1, num_classes: int = 2, *, padding: bool = False):
         super().__init__()
         if in_channels < 1 or num_classes < 1:

@@ -141,7 +141,7 @@ def load_embedder(
     size, in_channels, resize: override the run's values (defaults for a backbone: 224, 3,
         squish); a run's body is used at any size.
     """
-    from torso.train.checkpoint import CONFIG_FILE
+    from torso.checkpoint import CONFIG_FILE
 
     path = Path(model)
     if pooling not in POOLINGS:
@@ -149,7 +149,7 @@ def load_embedder(
     if path.is_dir() and (path / CONFIG_FILE).exists():
         if pretrained is not False:
             raise TorsoError(f"'{path}' is a trained run: its weights are its own")
-        from torso.train.checkpoint import load_model
+        from torso.checkpoint import load_model
 
         full_model, config = load_model(path)
         body = getattr(full_model, "body", None)

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torso.files import atomic_write
 from torso.train.callbacks.base import Callback
-from torso.train.checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from torso.train.learner import Learner

@@ -416,10 +416,10 @@ def check_loader_is_sharded(loader: Any, name: str) -> None:
             return
         raise TorsoError(
             "the validation loader uses a DistributedSampler, which repeats images to even out "
-            "the processes; use torso.train.distributed.ShardSampler(..., even=False) so every "
+            "the processes; use torso.distributed.ShardSampler(..., even=False) so every "
             "validation image counts once"
         )
     raise TorsoError(
         f"under torchrun every process needs its own share of the {name} data: build the "
-        "loaders with torso.data.load_data(..., **torso.train.distributed.shard_samplers(seed))"
+        "loaders with torso.data.load_data(..., **torso.distributed.shard_samplers(seed))"
     )
