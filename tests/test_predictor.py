@@ -151,7 +151,8 @@ def test_the_mask_overlay_is_one_function(tmp_path, photo):
 
 
 def test_task_options_come_from_the_tasks(capsys):
-    from torso.cli.train import add_data_and_model_arguments, chosen_task_options
+    from torso.cli.options import chosen_task_options
+    from torso.cli.train import add_data_and_model_arguments
 
     parser = argparse.ArgumentParser()
     add_data_and_model_arguments(parser)

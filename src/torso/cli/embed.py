@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from torso.cli.train import positive_int
+from torso.cli.options import add_weights_arguments, positive_int, pretrained_choice
 from torso.errors import TorsoError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Where a backbone's weights come from (shared with `torso similar`)."""
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument(
-        "--pretrained", action="store_true", help="BACKBONE: the published pretrained weights"
-    )
-    weights.add_argument(
-        "--weights", metavar="FILE", help="BACKBONE: weights from a local file (safetensors)"
+    add_weights_arguments(
+        parser,
+        pretrained="BACKBONE: the published pretrained weights",
+        weights="BACKBONE: weights from a local file (safetensors)",
     )
     parser.add_argument(
         "--seed",
@@ -29,15 +26,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="BACKBONE without weights: seed of the random weights (0), so they repeat",
     )
-
-
-def pretrained_choice(args: argparse.Namespace) -> bool | str:
-    """False, True or the weights file the command line asks for."""
-    if args.weights:
-        if not Path(args.weights).is_file():
-            raise TorsoError(f"--weights: '{args.weights}' is not a file")
-        return args.weights
-    return bool(args.pretrained)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

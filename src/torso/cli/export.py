@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from torso.cli.train import positive_float, positive_int
+from torso.cli.options import positive_float, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from torso.cli.train import positive_int
+from torso.cli.options import positive_int
 from torso.errors import TorsoError
 
 

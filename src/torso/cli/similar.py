@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from torso.cli.embed import add_model_arguments, pretrained_choice
-from torso.cli.train import positive_int
+from torso.cli.embed import add_model_arguments
+from torso.cli.options import positive_int, pretrained_choice
 from torso.errors import TorsoError
 
 

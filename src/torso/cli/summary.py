@@ -10,7 +10,7 @@ from torso.errors import TorsoError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from torso.cli.train import add_task_options
+    from torso.cli.options import add_task_options
     from torso.registry import TASKS
 
     parser = subparsers.add_parser(
@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from torso.cli.train import chosen_task_options
+    from torso.cli.options import chosen_task_options
     from torso.config import RunConfig
     from torso.registry import get_task
     from torso.tools.summary import render, summarize

@@ -16,8 +16,16 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from torso.cli.options import (
+    add_task_options,
+    add_weights_arguments,
+    chosen_task_options,
+    fraction,
+    positive_float,
+    positive_int,
+    pretrained_choice,
+)
 from torso.errors import TorsoError
 
 DEFAULT_BACKBONE = "resnet18"
@@ -25,39 +33,6 @@ ARGS_FILE = "train_args.json"
 
 
 # -- argument types: a bad value is one line and exit 2 ---------------------------------------
-def positive_int(text: str) -> int:
-    """argparse type: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `torso train` and `torso lr-find`."""
     from torso.registry import task_names
@@ -73,16 +48,10 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BACKBONE,
         help=f"timm name (resnet34) or torchvision name (tv:resnet34); default {DEFAULT_BACKBONE}",
     )
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from the backbone's pretrained weights (fine-tune: head first, then all)",
-    )
-    weights.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="start from pretrained weights in a local file (safetensors or weights-only torch)",
+    add_weights_arguments(
+        parser,
+        pretrained="start from the backbone's pretrained weights (fine-tune: head first, then all)",
+        weights="start from pretrained weights in a local file (safetensors or weights-only torch)",
     )
     parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (224)")
     parser.add_argument(
@@ -123,63 +92,6 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: bf16/fp16 on GPUs, none on CPUs (default auto)",
     )
     add_task_options(parser)
-
-
-def add_task_options(parser: argparse.ArgumentParser) -> None:
-    """Every registered task's options (`Task.cli_options`), grouped per task in --help; an
-    option that several tasks declare appears once, in the first one's group."""
-    from torso.registry import task_class, task_names
-
-    declared: dict[str, tuple[Any, list[str]]] = {}
-    groups: dict[str, list[Any]] = {}
-    for name in task_names():
-        for option in getattr(task_class(name), "cli_options", ()):
-            if option.flag in declared:
-                declared[option.flag][1].append(name)
-                continue
-            declared[option.flag] = (option, [name])
-            groups.setdefault(name, []).append(option)
-    for name, options in groups.items():
-        group = parser.add_argument_group(f"{name} options")
-        for option in options:
-            tasks = ", ".join(declared[option.flag][1])
-            keywords: dict[str, Any] = {"dest": option.name, "help": f"{tasks}: {option.help}"}
-            if option.type is bool:
-                group.add_argument(option.flag, action="store_true", **keywords)
-                continue
-            keywords.update(type=option.type, default=option.default)
-            if option.choices is not None:
-                keywords["choices"] = option.choices
-            if option.nargs is not None:
-                keywords["nargs"] = option.nargs
-            if option.metavar is not None:
-                keywords["metavar"] = option.metavar
-            group.add_argument(option.flag, **keywords)
-
-
-def chosen_task_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of the task `args.task` that the command line sets to other than their
-    defaults (a list of values becomes a tuple), for `get_task(args.task, **options)`.
-
-    An option that only other tasks declare, set on the command line, is a `TorsoError`
-    (`--architecture` belongs to segment, not to classify).
-    """
-    from torso.registry import task_class, task_names
-
-    def given(option) -> Any:
-        value = getattr(args, option.name, option.default)
-        value = tuple(value) if isinstance(value, list) else value
-        changed = value != option.default and not (option.type is bool and value is False)
-        return value if changed else None
-
-    mine = getattr(task_class(args.task), "cli_options", ())
-    options = {option.name: given(option) for option in mine if given(option) is not None}
-    names = {option.name for option in mine}
-    for other in task_names():
-        for option in getattr(task_class(other), "cli_options", ()):
-            if option.name not in names and given(option) is not None:
-                raise TorsoError(f"{option.flag} is an option of --task {other}, not {args.task}")
-    return options
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -253,15 +165,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # -- helpers shared with lr-find and predict --------------------------------------------------
-def pretrained_choice(args: argparse.Namespace) -> bool | str:
-    """False, True (the hub or an installed package), or a local weights file."""
-    if args.weights:
-        if not Path(args.weights).is_file():
-            raise TorsoError(f"--weights: '{args.weights}' is not a file")
-        return args.weights
-    return bool(args.pretrained)
-
-
 def check_inputs(args: argparse.Namespace) -> None:
     """Fail fast, before any data is read, on a missing data folder or an unknown backbone."""
     from torso.models.bodies.create import check_backbone_name

@@ -1,0 +1,122 @@
+"""Command-line pieces that several commands share: number types, where weights come from, and
+the options each task declares.
+
+Each is defined once here, so `torso train`, `lr-find`, `embed`, `similar`, `predict` and
+`export` check the same things with the same messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from torso.errors import TorsoError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def add_weights_arguments(
+    parser: argparse.ArgumentParser, *, pretrained: str, weights: str
+) -> None:
+    """`--pretrained` or `--weights FILE` (not both), with each command's help text."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pretrained", action="store_true", help=pretrained)
+    group.add_argument("--weights", metavar="FILE", help=weights)
+
+
+def pretrained_choice(args: argparse.Namespace) -> bool | str:
+    """False, True (the hub or an installed package), or a local weights file."""
+    if args.weights:
+        if not Path(args.weights).is_file():
+            raise TorsoError(f"--weights: '{args.weights}' is not a file")
+        return args.weights
+    return bool(args.pretrained)
+
+
+def add_task_options(parser: argparse.ArgumentParser) -> None:
+    """Every registered task's options (`Task.cli_options`), grouped per task in --help; an
+    option that several tasks declare appears once, in the first one's group."""
+    from torso.registry import task_class, task_names
+
+    declared: dict[str, tuple[Any, list[str]]] = {}
+    groups: dict[str, list[Any]] = {}
+    for name in task_names():
+        for option in getattr(task_class(name), "cli_options", ()):
+            if option.flag in declared:
+                declared[option.flag][1].append(name)
+                continue
+            declared[option.flag] = (option, [name])
+            groups.setdefault(name, []).append(option)
+    for name, options in groups.items():
+        group = parser.add_argument_group(f"{name} options")
+        for option in options:
+            tasks = ", ".join(declared[option.flag][1])
+            keywords: dict[str, Any] = {"dest": option.name, "help": f"{tasks}: {option.help}"}
+            if option.type is bool:
+                group.add_argument(option.flag, action="store_true", **keywords)
+                continue
+            keywords.update(type=option.type, default=option.default)
+            if option.choices is not None:
+                keywords["choices"] = option.choices
+            if option.nargs is not None:
+                keywords["nargs"] = option.nargs
+            if option.metavar is not None:
+                keywords["metavar"] = option.metavar
+            group.add_argument(option.flag, **keywords)
+
+
+def chosen_task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the task `args.task` that the command line sets to other than their
+    defaults (a list of values becomes a tuple), for `get_task(args.task, **options)`.
+
+    An option that only other tasks declare, set on the command line, is a `TorsoError`
+    (`--architecture` belongs to segment, not to classify).
+    """
+    from torso.registry import task_class, task_names
+
+    def given(option) -> Any:
+        value = getattr(args, option.name, option.default)
+        value = tuple(value) if isinstance(value, list) else value
+        changed = value != option.default and not (option.type is bool and value is False)
+        return value if changed else None
+
+    mine = getattr(task_class(args.task), "cli_options", ())
+    options = {option.name: given(option) for option in mine if given(option) is not None}
+    names = {option.name for option in mine}
+    for other in task_names():
+        for option in getattr(task_class(other), "cli_options", ()):
+            if option.name not in names and given(option) is not None:
+                raise TorsoError(f"{option.flag} is an option of --task {other}, not {args.task}")
+    return options
