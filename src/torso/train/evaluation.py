@@ -80,3 +80,17 @@ def batch_size(targets: Any) -> int:
     if isinstance(targets, torch.Tensor):
         return int(targets.shape[0]) if targets.ndim else 1
     return len(targets)
+
+
+def batches_in(loader: Iterable | None, what: str = "training") -> int:
+    """The number of batches `loader` yields in one epoch; a TorsoError naming `what` data when
+    there is no loader, it has no length or it yields nothing."""
+    if loader is None:
+        raise TorsoError(f"this Learner has no {what} data")
+    try:
+        length = len(loader)
+    except TypeError:
+        raise TorsoError(f"the {what} loader must have a length (len(loader))") from None
+    if length == 0:
+        raise TorsoError(f"the {what} loader yields no batches")
+    return length

@@ -1,21 +1,16 @@
 """The Learner: a model, its data, its task and an optimiser, and the training loop.
 
-It keeps fastai's meaning for `freeze`, `unfreeze`, `freeze_to(n)` (over the parameter groups:
-the body's, then the head), learning rates as a number, a `slice` or one per group,
-`fit_one_cycle`, `fine_tune`, `lr_find` (on the learner as it stands) and AdamW's weight decay.
+fastai's meanings are kept: `freeze` / `unfreeze` / `freeze_to(n)` over the parameter groups
+(the body's, then the head), learning rates as a number, a `slice` or one per group,
+`fit_one_cycle`, `fine_tune`, `lr_find` (on the learner as it stands), AdamW's weight decay.
 
-The loop fires the events of `torso.train.callbacks.base` (before_fit ... after_fit); progress,
-logs, early stopping, save-best and the learning-rate finder are callbacks. The variations of a
-step are small pieces: `precision` (autocast; a gradient scaler for fp16), `placement` (device,
-channels_last), `parallel` (DDP, `no_sync` while gradients accumulate), `optimizer` (AdamW and
-its groups); accumulation is `stepping` (does this batch end with a step) and the loss divided
-by `accumulate`. Every training call is a list of `schedules.Phase`s (a fine-tune is two); after
-every epoch `torso.train.state` saves all a resume needs to continue exactly (`resume()`).
-
-Under torchrun (`torso.distributed`) each process takes its share of every batch, the
-gradients are averaged, validation covers the whole validation set once, and only the main
-process runs the callbacks (but those that `run_everywhere`) and writes files.
-`predict`, `get_preds` and `tta` are those of `torso.predictor.Predictor`.
+The loop fires the events of `torso.train.callbacks.base`; progress, logs, early stopping,
+save-best and the learning-rate finder are callbacks, and the variations of a step are small
+pieces: `precision` (autocast, fp16 scaling), `placement` (device, channels_last), `parallel`
+(DDP, `no_sync` while accumulating), `optimizer` (AdamW groups). A training call is a list of
+`schedules.Phase`s; after every epoch `torso.train.state` saves what `resume()` needs. Under
+torchrun each process takes its share of every batch and only the main process runs callbacks
+(but those that `run_everywhere`) and writes files. Prediction is `torso.predictor.Predictor`'s.
 """
 
 from __future__ import annotations
@@ -37,7 +32,7 @@ from torso.models import set_frozen_norm_eval
 from torso.tasks.base import Task
 from torso.train import optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
-from torso.train.evaluation import batch_size, evaluate
+from torso.train.evaluation import batch_size, batches_in, evaluate
 from torso.train.parallel import Parallel
 from torso.train.parallel import sync_batchnorm as sync_batchnorm_layers
 from torso.train.placement import to_device, wants_channels_last
@@ -55,25 +50,21 @@ class Learner:
     """Trains `model` on batches `(x, y)` from `train` and measures it on `valid`.
 
     Args:
-        model: usually `torso.create_model(...)`; any module, given a `splitter`. A tuple `x`
-            (pair models) is passed as `model(*x)`.
-        train, valid: iterables of `(x, y)` batches (`torso.data.load_data`'s loaders, or any
-            DataLoader); `set_epoch(epoch)` is called when they have it. Either may be None.
+        model: usually from `torso.create_model` or a task's `build_model`; any module, given
+            a `splitter`. A tuple `x` (pair models) is passed as `model(*x)`.
+        train, valid: iterables of `(x, y)` batches, e.g. `load_data`'s loaders; either may be
+            None; `set_epoch(epoch)` is called when they have it.
         task: from `torso.tasks.get_task`; owns loss, metrics and decoding.
-        config: the run's `RunConfig` (saved as `torso.json`); needed to save a loadable model.
-            The Learner never changes it.
-        callbacks: extra callbacks (progress, CSV log, early stopping, save-best, ...).
-        weight_decay: AdamW's decoupled weight decay (not applied to norm layers and biases).
-        train_bn: keep training normalisation layers of frozen groups (fastai's default). With
-            False their parameters freeze and the layers stay in eval mode.
+        config: the run's `RunConfig`, needed to save a loadable model; never changed.
+        callbacks: progress, CSV log, early stopping, save-best, ... (`Callback`s).
+        weight_decay: AdamW's decoupled weight decay (none on norm layers and biases).
+        train_bn: normalisation layers of frozen groups keep training (fastai's default); with
+            False they freeze and stay in eval mode.
         splitter: `model -> list of parameter lists`; default `torso.models.param_groups`.
-        device: default CUDA when available, else CPU.
-        channels_last: memory format for 4-D inputs; default: on when the model has convolutions.
-        mixed_precision: `"bf16"`, `"fp16"`, `"no"`; default see `precision.choose_precision`.
-        compile: run the model through `torch.compile`.
-        accumulate: add the gradients of this many batches before each optimiser step.
-        sync_batchnorm: under torchrun on GPUs, BatchNorm layers compute their statistics over
-            the global batch (all processes) instead of each process's share.
+        device: default CUDA when available, else CPU. channels_last: default on for conv
+            models. mixed_precision: "bf16", "fp16", "no" (`precision.choose_precision`).
+        compile: `torch.compile` the model. accumulate: batches per optimiser step.
+        sync_batchnorm: under torchrun on GPUs, BatchNorm statistics over the global batch.
         out: run folder for the training state, `metrics.csv`, the model and the report.
     """
 
@@ -176,15 +167,7 @@ class Learner:
 
     def batches_per_epoch(self) -> int:
         """Batches in one epoch of the training loader (a TorsoError if there are none)."""
-        if self.train_loader is None:
-            raise TorsoError("this Learner has no training data")
-        try:
-            length = len(self.train_loader)
-        except TypeError:
-            raise TorsoError("the training loader must have a length (len(loader))") from None
-        if length == 0:
-            raise TorsoError("the training loader yields no batches")
-        return length
+        return batches_in(self.train_loader)
 
     # -- training calls --------------------------------------------------------------------
     def fit(
@@ -414,11 +397,3 @@ class Learner:
         if not distributed.is_main_process():
             options["plot"] = None
         return lr_find(self, **options)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Copies of weights, optimiser, freezing, scaler and random generators' states."""
-        return state.snapshot(self)
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Undo everything since `snapshot()`."""
-        state.restore(self, snapshot)

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from torso import distributed
 from torso.errors import TorsoError
+from torso.train import state
 from torso.train.callbacks.base import Callback, CancelFit
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def train_aside(learner: Learner, epochs: int, lr: float, callback: Callback) ->
 
     kept = ("callbacks", "valid_loader", "out", "history", "epoch", "phases", "phase_index")
     saved = {name: getattr(learner, name) for name in (*kept, "phase_epoch")}
-    snapshot = learner.snapshot()
+    snapshot = state.snapshot(learner)
     aside = {"callbacks": [callback], "valid_loader": None, "out": None, "history": []}
     for name, value in aside.items():
         setattr(learner, name, value)
@@ -212,7 +213,7 @@ def train_aside(learner: Learner, epochs: int, lr: float, callback: Callback) ->
         learner.fit_phases([Phase(epochs, lrs, learner.frozen_to, schedule="constant")])
     finally:
         learner.optimizer.zero_grad(set_to_none=True)
-        learner.restore(snapshot)
+        state.restore(learner, snapshot)
         for name, value in saved.items():
             setattr(learner, name, value)
         learner.stop_training = False
