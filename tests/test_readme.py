@@ -1,4 +1,5 @@
-"""Every ```python example in README.md runs as written (in a folder with a small `photos/`).
+"""Every ```python example in README.md runs as written (in a folder with a small `photos/`),
+and what it shows is true: each example has a check below of the values its comments state.
 
 Examples that need what a test cannot give (several processes, downloaded weights) are fenced as
 ```py instead, and are checked by the tests of their feature.
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -33,6 +35,71 @@ def test_readme_has_python_examples():
     assert len(BLOCKS) >= 4
 
 
+def count(module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def check_bodies(ns):
+    body = ns["body"]
+    assert body.channels == [64, 64, 128, 256, 512]
+    assert body.reductions == [2, 4, 8, 16, 32]
+    assert body.stats == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert len(ns["maps"]) == 5 and ns["maps"][-1].shape == (2, 512, 4, 4)
+
+
+def check_models(ns):
+    model = ns["model"].eval()
+    assert model.body.channels[-1] == 512 and model(torch.rand(2, 3, 64, 64)).shape == (2, 37)
+    assert count(ns["head"]) == 532_480  # fastai's create_head(512, 10)
+
+
+def check_learner(ns):
+    row = ns["learner"].history[-1]
+    assert {"train_loss", "valid_loss", "accuracy"} <= set(row) and row["epoch"] == 1
+
+
+def check_segmentation(ns):
+    assert count(ns["unet"]) == 41_221_268
+    assert ns["masks"].shape == (1, 3, 200, 300)
+    assert count(ns["paper"]) == 31_030_658
+    assert ns["small"](torch.rand(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+
+
+def check_data(ns):
+    assert ns["images"].dtype == torch.float32 and ns["images"].shape[1:] == (3, 224, 224)
+    assert 0 <= float(ns["images"].min()) and float(ns["images"].max()) <= 1
+    assert ns["targets"].dtype == torch.int64 and len(ns["targets"]) == len(ns["images"])
+    assert ns["dls"].classes == ["green", "red"] and ns["dls"].num_outputs == 2
+    assert len(ns["dls"].train_items) + len(ns["dls"].valid_items) == 80
+    assert Path("batch.png").stat().st_size > 1000
+
+
+def check_siamese(ns):
+    assert count(ns["model"]) == 22_339_392  # as the book's
+    assert ns["scores"].shape == (4, 2)
+
+
+# The first line of code an example starts with (after its imports) -> its check.
+CHECKS = {
+    'body = torso.create_body("resnet34")': check_bodies,
+    'model = torso.create_model("resnet34", num_outputs=37)': check_models,
+    "images = torch.rand(64, 3, 32, 32)": check_learner,
+    'unet = DynamicUnet(torso.create_body("tv:resnet34"), num_classes=3)': check_segmentation,
+    'dls = load_data("photos/", task="classify", size=224, batch_size=64)': check_data,
+    'model = create_siamese_model("resnet34", num_outputs=2)': check_siamese,
+}
+
+
+def check_of(block: str):
+    found = [check for start, check in CHECKS.items() if start in block]
+    assert len(found) == 1, f"README example without exactly one check:\n{block}"
+    return found[0]
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_example_runs(index, photos_folder):
-    exec(compile(BLOCKS[index], f"README.md python example {index + 1}", "exec"), {})
+def test_readme_python_example_runs_and_shows_what_is_true(index, photos_folder):
+    check = check_of(BLOCKS[index])
+    namespace: dict = {}
+    exec(compile(BLOCKS[index], f"README.md python example {index + 1}", "exec"), namespace)
+    with torch.no_grad():
+        check(namespace)
