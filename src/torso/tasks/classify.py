@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from torso.config import RunConfig
 from torso.errors import TorsoError
+from torso.numbers import fraction
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,19 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The images the report shows with the highest validation losses.
 TOP_LOSSES = 9
-
-
-def fraction(text: str) -> float:
-    """Command-line type: a number in [0, 1)."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
 
 
 LABEL_SMOOTHING = TaskOption(
