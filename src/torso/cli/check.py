@@ -46,7 +46,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="a task (classify, multilabel, regress, segment, siamese, ...) or auto: the task "
         "whose layout DATA has (images/ and masks/: segment), else classify (auto)",
     )
-    parser.add_argument("--csv", default=None, help="CSV of file names and labels, in DATA")
+    parser.add_argument(
+        "--csv",
+        default=None,
+        help="CSV of file names and labels: a path from here, or a file name inside DATA",
+    )
+    parser.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="let the CSV list files outside the data folder ('../x.png', absolute paths)",
+    )
     parser.add_argument(
         "--label-delimiter", default=" ", help="multilabel: separator inside a label cell (' ')"
     )
@@ -153,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             min_image_size=args.min_image_size,
             num_workers=args.workers,
             progress=progress,
+            allow_outside_paths=args.allow_outside_paths,
         )
     print(_report_text(report, args.json))
     return 0 if report.ok else 1

@@ -117,6 +117,13 @@ class DataReport:
         return "\n".join(lines)
 
 
+def check_min_image_size(value: int) -> int:
+    """`value` when it is a whole number of pixels, at least 1; else a `TorsoError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TorsoError(f"min_image_size={value!r}: must be a whole number of pixels, at least 1")
+    return value
+
+
 def _inspect_image(item: Item, min_image_size: int) -> _FileResult:
     """Read and decode the image of `item` as training does; a bad file becomes a problem."""
     result = _FileResult(item)
@@ -277,19 +284,30 @@ def check_data(
     min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
     num_workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    allow_outside_paths: bool = False,
 ) -> DataReport:
     """Scan the data under `path` as `load_data` would read it and report every problem.
 
-    Reads each file once (in `num_workers` threads): unreadable, corrupt, truncated or empty files,
-    non-image files, images smaller than `min_image_size`, missing masks, masks whose size differs
-    from their image or whose values are not in the codes, empty class folders, and validation
-    files identical to a training file. The split is the one `load_data` makes with the same
-    `valid_pct` and `seed`. `task` is a registered task's name or a task object (its
-    `data_layout()` says how the data is read). `progress(done, total)` is called as files are
-    read. Raises `TorsoError` only when the data cannot be read at all.
+    Reads each file once (in `num_workers` threads): unreadable, corrupt, truncated or empty
+    files, non-image files, images smaller than `min_image_size`, CSV rows naming a file twice
+    or a file outside the data folder (unless `allow_outside_paths`), missing masks, masks
+    whose size differs from their image or whose values are not in the codes, empty class
+    folders, and validation files identical to a training file. The split is the one
+    `load_data` makes with the same `valid_pct` and `seed`. `task` is a registered task's
+    name or a task object (its `data_layout()` says how the data is read). `progress(done,
+    total)` is called as files are read. Raises `TorsoError` only when the data cannot be read
+    at all.
     """
+    check_min_image_size(min_image_size)
     task_name, layout = task_layout(task)
-    source = find_source(path, layout.read, csv=csv, label_delimiter=label_delimiter, codes=codes)
+    source = find_source(
+        path,
+        layout.read,
+        csv=csv,
+        label_delimiter=label_delimiter,
+        codes=codes,
+        allow_outside_paths=allow_outside_paths,
+    )
     train, valid = split_items(source.items, valid_pct=valid_pct, seed=seed)
     return inspect_items(
         source,

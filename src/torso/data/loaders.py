@@ -25,7 +25,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from torso.data.cache import PresizeCache
-from torso.data.checks import DEFAULT_MIN_IMAGE_SIZE, DataReport, inspect_items
+from torso.data.checks import (
+    DEFAULT_MIN_IMAGE_SIZE,
+    DataReport,
+    check_min_image_size,
+    inspect_items,
+)
 from torso.data.datasets import ImageDataset, PairDataset
 from torso.data.decode import SUPPORTED_CHANNELS, read_image
 from torso.data.layout import DataLayout, TaskWithData, task_layout
@@ -238,6 +243,7 @@ def load_data(
     cache_dir: str | Path | None = None,
     check: bool = True,
     min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    allow_outside_paths: bool = False,
     train_sampler: SamplerFactory | None = None,
     valid_sampler: SamplerFactory | None = None,
     pin_memory: bool | None = None,
@@ -256,17 +262,21 @@ def load_data(
     each image is decoded once and kept presized (`presize` times `size`) as uint8; see
     `torso.data.cache`. `check` reads every file first (as `torso check` does) and raises
     `DataCheckError` listing the problems, or with `skip_bad` leaves those files out and lists
-    them in `dls.skipped`. `train_sampler` / `valid_sampler` are factories called with the
-    dataset, e.g. for a `DistributedSampler`; the default training order is shuffled by
-    (seed, epoch). `progress(done, total)` is called while the check reads the files.
-    `num_workers` defaults to the usable cores (at most 8, at most the number of
-    training batches).
+    them in `dls.skipped`; images whose shorter side is under `min_image_size` pixels are
+    problems. CSV rows that name a file outside the data folder are problems unless
+    `allow_outside_paths`. `path` is a folder or a CSV file; `csv` a path from the current
+    folder when that file exists, else inside `path`. `train_sampler` / `valid_sampler` are
+    factories called with the dataset, e.g. for a `DistributedSampler`; the default training
+    order is shuffled by (seed, epoch). `progress(done, total)` is called while the check
+    reads the files. `num_workers` defaults to the usable cores (at most 8, at most the number
+    of training batches).
     """
     size = _positive_int("size", size)
     batch_size = _positive_int("batch_size", batch_size)
     if in_channels not in SUPPORTED_CHANNELS:
         raise TorsoError(f"in_channels={in_channels}: images can be read with 1, 3 or 4 channels")
     check_resize_mode(resize)
+    check_min_image_size(min_image_size)
     task_name, layout = task_layout(task)
     masks = layout.targets.masks
     if masks and not 0 <= ignore_index <= 255:
@@ -286,7 +296,14 @@ def load_data(
     else:
         raise TorsoError(f"augment={augment!r}: give True, False or an Augmentation")
 
-    source = find_source(path, layout.read, csv=csv, label_delimiter=label_delimiter, codes=codes)
+    source = find_source(
+        path,
+        layout.read,
+        csv=csv,
+        label_delimiter=label_delimiter,
+        codes=codes,
+        allow_outside_paths=allow_outside_paths,
+    )
     train, valid = split_items(source.items, valid_pct=valid_pct, seed=seed)
     report = None
     skipped: list[Problem] = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv as csv_module
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,21 @@ _FALSE = {"0", "false", "no", "n", "f", "train", ""}
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with the data: the file (or folder) and the reason, in the user's words."""
+    """One thing wrong with the data: the file (or folder) and the reason, in the user's words.
+
+    `kind` names the kind of problem ("image too small", "listed twice", ...) so that reports
+    can group many files with the same problem; without it, the reason up to its first " ("
+    stands for the kind.
+    """
 
     file: Path
     reason: str
+    kind: str | None = None
+
+    @property
+    def category(self) -> str:
+        """The kind of problem: `kind`, or the reason without its parenthesised details."""
+        return self.kind or self.reason.split(" (")[0]
 
     def __str__(self) -> str:
         return f"{self.file}: {self.reason}"
@@ -164,15 +176,54 @@ def _parse_split(value: str, csv_path: Path, line: int) -> str:
 CellParser = Callable[[list[tuple[str, str]], str], tuple[object, str | None]]
 
 
-def _csv_items(csv_path: Path, one_column: bool, parse: CellParser):
+def read_csv_rows(csv_path: Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV file; a `TorsoError` naming the file when it is not CSV text."""
+    try:
+        data = csv_path.read_bytes()
+    except OSError as error:
+        raise TorsoError(
+            f"CSV file '{csv_path}' cannot be read ({error.strerror or error})"
+        ) from None
+    if b"\x00" in data:
+        raise TorsoError(f"'{csv_path}' is not a CSV file (it holds binary data)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TorsoError(
+            f"'{csv_path}' is not a UTF-8 text CSV (undecodable byte at position {error.start}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return list(csv_module.reader(text.splitlines()))
+    except csv_module.Error as error:
+        raise TorsoError(f"'{csv_path}' is not a readable CSV file ({error})") from None
+
+
+def _absolute(path: Path) -> Path:
+    """`path` made absolute and normalised ("a/../b" is "b"), without following links."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def _is_inside(path: Path, folders: list[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def _csv_items(
+    csv_path: Path,
+    one_column: bool,
+    parse: CellParser,
+    root: Path | None = None,
+    allow_outside_paths: bool = False,
+):
     """The rows of a labels CSV: `(items, label column names, problems)`.
 
     `one_column`: the data needs exactly one label column; `parse` reads a row's label cells.
+    A row whose file lies outside `root` and the CSV's folder is a problem unless
+    `allow_outside_paths`; a file listed a second time is a problem (the first row is kept).
     """
     if not csv_path.is_file():
         raise TorsoError(f"CSV file '{csv_path}' not found")
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv_module.reader(handle))
+    rows = read_csv_rows(csv_path)
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if len(rows) < 2:
         raise TorsoError(f"'{csv_path}' needs a header row and at least one data row")
@@ -188,25 +239,54 @@ def _csv_items(csv_path: Path, one_column: bool, parse: CellParser):
             "exactly one (several numeric targets are read by --task regress)"
         )
     folder = csv_path.parent
+    allowed = sorted({_absolute(folder), _absolute(root if root is not None else folder)})
     problems: list[Problem] = []
     items: list[Item] = []
+    first_row: dict[Path, tuple[int, list[str]]] = {}
     for line, row in enumerate(rows[1:], start=2):
         row = row + [""] * (len(header) - len(row))
         name = row[0].strip()
-        path = Path(name) if Path(name).is_absolute() else folder / name
+        path = Path(os.path.normpath(Path(name) if Path(name).is_absolute() else folder / name))
+        where = f"'{csv_path.name}' line {line}"
+        absolute = _absolute(path)
+        if not allow_outside_paths and not _is_inside(absolute, allowed):
+            problems.append(
+                Problem(
+                    path,
+                    f"listed in {where} but outside the data folder '{allowed[0]}' "
+                    "(allow it with allow_outside_paths=True / --allow-outside-paths)",
+                    kind="file outside the data folder",
+                )
+            )
+            continue
+        cells = [(header[i], row[i]) for i in label_columns]
+        if absolute in first_row:
+            first_line, first_cells = first_row[absolute]
+            labels = "the same" if [c for _, c in cells] == first_cells else "different"
+            problems.append(
+                Problem(
+                    path,
+                    f"listed twice in '{csv_path.name}': lines {first_line} and {line}, "
+                    f"with {labels} labels",
+                    kind="file listed twice",
+                )
+            )
+            continue
+        first_row[absolute] = (line, [c for _, c in cells])
         split = None
         if split_column is not None:
             split = _parse_split(row[split_column], csv_path, line)
         if not path.is_file():
-            problems.append(Problem(path, f"listed in '{csv_path.name}' line {line} but not found"))
+            problems.append(
+                Problem(path, f"listed in {where} but not found", kind="listed file not found")
+            )
             continue
         if not is_image_file(path):
             problems.append(Problem(path, f"not an image file ({path.suffix or 'no extension'})"))
             continue
-        cells = [(header[i], row[i]) for i in label_columns]
-        target, reason = parse(cells, f"'{csv_path.name}' line {line}")
+        target, reason = parse(cells, where)
         if reason is not None:
-            problems.append(Problem(path, reason))
+            problems.append(Problem(path, reason, kind="bad label"))
             continue
         items.append(Item(path, target, split))
     return items, [header[i] for i in label_columns], problems
@@ -245,7 +325,8 @@ def _csv_path(root: Path, csv: Path | None) -> Path:
 class Reader(Protocol):
     """What a `DataLayout` reads its data with: `root` (a folder) to a `Source`.
 
-    `csv` is the CSV path the user gave (already resolved against `root`) or None.
+    `csv` is the CSV path the user gave (already resolved, see `find_source`) or None;
+    `allow_outside_paths` lets a CSV list files outside `root` and the CSV's folder.
     """
 
     def __call__(
@@ -255,10 +336,13 @@ class Reader(Protocol):
         csv: Path | None = None,
         label_delimiter: str = " ",
         codes: list[str] | str | Path | None = None,
+        allow_outside_paths: bool = False,
     ) -> Source: ...
 
 
-def read_classes(root: Path, *, csv: Path | None = None, **_options) -> Source:
+def read_classes(
+    root: Path, *, csv: Path | None = None, allow_outside_paths: bool = False, **_options
+) -> Source:
     """One class per image: class folders under `root`, or `csv` with one label column.
 
     Returns a `Source` whose item targets are class indices into `classes` (sorted names).
@@ -270,13 +354,18 @@ def read_classes(root: Path, *, csv: Path | None = None, **_options) -> Source:
         label = cells[0][1].strip()
         return (label, None) if label else (None, f"{where}: empty label")
 
-    items, _, problems = _csv_items(csv, True, one_label)
+    items, _, problems = _csv_items(csv, True, one_label, root, allow_outside_paths)
     items, classes = _indexed(items, {item.target for item in items})
     return Source(root, items, classes=classes, problems=problems)
 
 
 def read_labels(
-    root: Path, *, csv: Path | None = None, label_delimiter: str = " ", **_options
+    root: Path,
+    *,
+    csv: Path | None = None,
+    label_delimiter: str = " ",
+    allow_outside_paths: bool = False,
+    **_options,
 ) -> Source:
     """Any number of labels per image: a CSV (`csv`, or `root/labels.csv`) of one column whose
     cell holds the labels separated by `label_delimiter`.
@@ -289,12 +378,15 @@ def read_labels(
         labels = [x.strip() for x in cell.split(label_delimiter)] if label_delimiter else [cell]
         return tuple(sorted({x for x in labels if x})), None
 
-    items, _, problems = _csv_items(_csv_path(root, csv), True, several_labels)
+    csv_path = _csv_path(root, csv)
+    items, _, problems = _csv_items(csv_path, True, several_labels, root, allow_outside_paths)
     items, classes = _indexed(items, {label for item in items for label in item.target})
     return Source(root, items, classes=classes, problems=problems)
 
 
-def read_numbers(root: Path, *, csv: Path | None = None, **_options) -> Source:
+def read_numbers(
+    root: Path, *, csv: Path | None = None, allow_outside_paths: bool = False, **_options
+) -> Source:
     """One or more numbers per image: a CSV (`csv`, or `root/labels.csv`) whose columns after
     the file name are numbers.
 
@@ -314,7 +406,8 @@ def read_numbers(root: Path, *, csv: Path | None = None, **_options) -> Source:
             values.append(number)
         return tuple(values), None
 
-    items, names, problems = _csv_items(_csv_path(root, csv), False, numbers)
+    csv_path = _csv_path(root, csv)
+    items, names, problems = _csv_items(csv_path, False, numbers, root, allow_outside_paths)
     return Source(root, items, target_names=names, problems=problems)
 
 
@@ -333,7 +426,13 @@ def read_codes(codes: list[str] | str | Path | None, root: Path) -> list[str] | 
         path = Path(codes) if Path(codes).is_absolute() else root / codes
         if not path.is_file():
             raise TorsoError(f"codes file '{path}' not found")
-    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TorsoError(
+            f"codes file '{path}' is not UTF-8 text (undecodable byte at position {error.start})"
+        ) from None
+    names = [line.strip() for line in text.splitlines()]
     while names and not names[-1]:
         names.pop()
     if not names:
@@ -399,29 +498,54 @@ def has_images_and_masks(root: Path) -> bool:
     )
 
 
+def resolve_csv(root: Path, csv: str | Path) -> Path:
+    """The CSV file `csv` names: an absolute path; else a path from the current folder when a
+    file is there; else a path inside `root`. A `TorsoError` names both places when neither
+    holds the file."""
+    given = Path(csv)
+    if given.is_absolute() or given.is_file():
+        return given
+    inside = root / given
+    if not inside.is_file():
+        raise TorsoError(f"CSV file '{given}' not found (neither from here nor as '{inside}')")
+    return inside
+
+
 def find_source(
     path: str | Path,
     read: Reader,
     csv: str | Path | None = None,
     label_delimiter: str = " ",
     codes: list[str] | str | Path | None = None,
+    allow_outside_paths: bool = False,
 ) -> Source:
     """List the labelled items under `path` with `read` (a task's reader), and the problems seen.
 
-    `path` is a folder, or a CSV file (read as `csv`, relative to its folder). Raises
+    `path` (relative to the current folder) is a folder, or a CSV file (read as `csv`; its
+    folder is the data folder). `csv` is a path from the current folder when that file exists,
+    else a path inside `path`. The file names in a CSV are relative to the CSV's folder; rows
+    naming files outside the data folder are problems unless `allow_outside_paths`. Raises
     `TorsoError` for what makes the whole data unusable (missing folder, wrong layout).
     """
     root = Path(path)
     if not root.exists():
         raise TorsoError(f"data path '{root}' not found")
+    csv_path = None
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise TorsoError(f"data path '{root}' is a file; give a folder or a .csv file")
-        csv, root = root, root.parent
-    csv_path = None
-    if csv is not None:
-        csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
-    return read(root, csv=csv_path, label_delimiter=label_delimiter, codes=codes)
+        if csv is not None and _absolute(resolve_csv(root.parent, csv)) != _absolute(root):
+            raise TorsoError(f"data path '{root}' is a CSV file; give either it or --csv '{csv}'")
+        csv_path, root = root, root.parent
+    elif csv is not None:
+        csv_path = resolve_csv(root, csv)
+    return read(
+        root,
+        csv=csv_path,
+        label_delimiter=label_delimiter,
+        codes=codes,
+        allow_outside_paths=allow_outside_paths,
+    )
 
 
 def split_items(
