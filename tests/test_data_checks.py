@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from data_builders import make_class_folders, make_segmentation, noise_image
+from data_builders import make_class_folders, make_segmentation, noise_image, write_csv
 from PIL import Image, ImageFile
 
 from torso.cli import main
@@ -192,3 +192,41 @@ def test_errors_reading_a_mask_that_are_not_the_files_fault_propagate(tmp_path, 
     monkeypatch.setattr(checks_module, "mask_to_array", broken)
     with pytest.raises(error, match="not a mask problem"):
         check_data(root, task="segment", num_workers=1)
+
+
+def test_check_groups_repeated_problems_and_counts_them_by_kind(tmp_path, capsys):
+    root = make_class_folders(tmp_path / "small", {"a": 3, "b": 3})
+    for i in range(40):
+        noise_image(200 + i, 8, 8).save(root / "a" / f"tiny{i:02d}.png")
+    (root / "b" / "notes.txt").write_text("x")
+    (root / "b" / "readme.md").write_text("x")
+    assert main(["check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("image too small") == 5 + 2  # five files, the group's title, the count
+    assert "... and 35 more files with the same problem" in out
+    assert out.strip().splitlines()[-1] == (
+        "42 problem(s): 40 image too small, 2 not an image file"
+    )
+    assert main(["check", str(root), "--all"]) == 1
+    assert capsys.readouterr().out.count("tiny") == 40
+    with pytest.raises(DataCheckError) as caught:
+        load_data(root, size=16, num_workers=0)
+    message = str(caught.value)
+    assert message.startswith("42 problem(s): 40 image too small, 2 not an image file")
+    assert "... and 37 more files with the same problem" in message
+
+
+def test_multilabel_check_counts_images_and_labels_apart(tmp_path, capsys):
+    for i in range(6):
+        noise_image(i).save(tmp_path / f"{i}.png")
+    tags = ["sky sea", "sky sea tree", "sea", "", "sky", "sky tree"]
+    write_csv(
+        tmp_path / "labels.csv", [["file", "tags"]] + [[f"{i}.png", t] for i, t in enumerate(tags)]
+    )
+    report = check_data(tmp_path, task="multilabel", valid_pct=0.0)
+    assert report.images == {"train": 6}
+    assert report.counts["train"] == {"sky": 4, "sea": 3, "tree": 2, "(no label)": 1}
+    summary = report.summary()
+    assert "images: train 6" in summary and "labels per class" in summary
+    assert main(["check", str(tmp_path), "--task", "multilabel", "--json", "--valid-pct", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == {"train": 6}

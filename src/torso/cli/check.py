@@ -73,6 +73,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--min-image-size", type=int, default=16, help="smallest side in pixels an image may have"
     )
     parser.add_argument("--workers", type=int, default=None, help="reading threads (the cores)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="list every file with a problem (default: the first few of each kind)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -120,17 +125,20 @@ def _progress_bar():
         yield update
 
 
-def _report_text(report, as_json: bool) -> str:
+def _report_text(report, as_json: bool, show_all: bool = False) -> str:
     if not as_json:
-        return str(report)
+        return report.text(shown_per_kind=None) if show_all else report.text()
     document = {
         "root": str(report.root),
         "task": report.task,
         "classes": report.classes,
+        "images": report.images,
         "counts": {split: dict(counter) for split, counter in report.counts.items()},
         "modes": dict(report.modes),
         "mask_pixels": {str(k): v for k, v in sorted(report.mask_pixels.items())},
-        "problems": [{"file": str(p.file), "reason": p.reason} for p in report.problems],
+        "problems": [
+            {"file": str(p.file), "kind": p.category, "reason": p.reason} for p in report.problems
+        ],
     }
     return json.dumps(document, indent=2, ensure_ascii=False)
 
@@ -164,5 +172,5 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             allow_outside_paths=args.allow_outside_paths,
         )
-    print(_report_text(report, args.json))
+    print(_report_text(report, args.json, args.all))
     return 0 if report.ok else 1

@@ -21,6 +21,38 @@ from torso.data.sources import Item, Problem, Source, find_source, split_items
 from torso.errors import TorsoError
 
 DEFAULT_MIN_IMAGE_SIZE = 16
+#: Files shown for each kind of problem before "... and N more files with the same problem".
+SHOWN_PER_KIND = 5
+
+
+def problem_kinds(problems: list[Problem]) -> dict[str, list[Problem]]:
+    """The problems grouped by kind (`Problem.category`), the most frequent kind first."""
+    groups: dict[str, list[Problem]] = {}
+    for problem in problems:
+        groups.setdefault(problem.category, []).append(problem)
+    return dict(sorted(groups.items(), key=lambda group: -len(group[1])))
+
+
+def problem_counts(problems: list[Problem]) -> str:
+    """One line: the number of problems and how many of each kind."""
+    groups = problem_kinds(problems)
+    kinds = ", ".join(f"{len(group)} {kind}" for kind, group in groups.items())
+    return f"{len(problems)} problem(s): {kinds}"
+
+
+def problem_lines(
+    problems: list[Problem], shown_per_kind: int | None = SHOWN_PER_KIND
+) -> list[str]:
+    """The problems as indented lines, grouped by kind; `shown_per_kind` files of each kind
+    (all when None), then "... and N more files with the same problem"."""
+    lines = []
+    for kind, group in problem_kinds(problems).items():
+        lines.append(f"  {kind} ({len(group)}):")
+        shown = group if shown_per_kind is None else group[:shown_per_kind]
+        lines.extend(f"    {problem}" for problem in shown)
+        if len(group) > len(shown):
+            lines.append(f"    ... and {len(group) - len(shown)} more files with the same problem")
+    return lines
 
 
 @dataclass
@@ -37,10 +69,12 @@ class _FileResult:
 class DataReport:
     """What `check_data` found: a summary of the data and every problem with its file and reason.
 
-    `task` is the task's name; `counts[split][name]` is the number of images per class (or
-    label) and split; `modes` counts image modes (`RGB`, `L`, `I;16`, ...); `sizes` are the
-    (width, height) of every readable image; `masks` is True when items have masks, and
-    `mask_pixels[value]` counts mask pixels per value over all masks.
+    `task` is the task's name; `images[split]` is the number of images per split;
+    `counts[split][name]` the number of images per class (or label, for multilabel data where
+    an image has any number of them: `labels_per_image` is then True) and split; `modes`
+    counts image modes (`RGB`, `L`, `I;16`, ...); `sizes` are the (width, height) of every
+    readable image; `masks` is True when items have masks, and `mask_pixels[value]` counts
+    mask pixels per value over all masks.
     """
 
     root: Path
@@ -53,6 +87,8 @@ class DataReport:
     problems: list[Problem]
     ignore_index: int = 255
     masks: bool = False
+    images: dict[str, int] = field(default_factory=dict)
+    labels_per_image: bool = False
     train_items: list[Item] = field(default_factory=list, repr=False)
     valid_items: list[Item] = field(default_factory=list, repr=False)
 
@@ -69,7 +105,10 @@ class DataReport:
     def summary(self) -> str:
         """The summary as lines of text: images per class and split, sizes, modes, mask shares."""
         lines = [f"{self.task} data in '{self.root}'"]
-        total = {split: sum(counter.values()) for split, counter in self.counts.items()}
+        total = {
+            split: self.images.get(split, sum(counter.values()))
+            for split, counter in self.counts.items()
+        }
         lines.append(
             "images: " + ", ".join(f"{split} {total[split]}" for split in self.counts)
             if self.counts
@@ -78,6 +117,8 @@ class DataReport:
         if self.classes is not None and not self.masks:
             width = max((len(name) for name in self.classes), default=5)
             splits = list(self.counts)
+            if self.labels_per_image:
+                lines.append("labels per class (an image may have any number):")
             lines.append(f"  {'class':<{width}}  " + "  ".join(f"{s:>6}" for s in splits))
             for name in self.classes:
                 cells = "  ".join(f"{self.counts[s].get(name, 0):>6}" for s in splits)
@@ -107,14 +148,20 @@ class DataReport:
                 lines.append(f"  {value:>5} {name:<20} {share:6.2f}%")
         return "\n".join(lines)
 
-    def __str__(self) -> str:
+    def text(self, shown_per_kind: int | None = SHOWN_PER_KIND) -> str:
+        """The summary, the problems grouped by kind (`shown_per_kind` files of each, all when
+        None) and a last line counting the problems of each kind."""
         lines = [self.summary()]
         if self.problems:
-            lines.append(f"{len(self.problems)} problem(s):")
-            lines.extend(f"  {problem}" for problem in self.problems)
+            lines.append("problems:")
+            lines.extend(problem_lines(self.problems, shown_per_kind))
+            lines.append(problem_counts(self.problems))
         else:
             lines.append("no problems found")
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
 
 
 def check_min_image_size(value: int) -> int:
@@ -167,7 +214,7 @@ def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: in
     try:
         values = mask_to_array(decoded.image, mask_path)
     except TorsoError as error:
-        result.problems.append(Problem(mask_path, str(error)))
+        result.problems.append(Problem(mask_path, str(error), kind="mask not single-channel"))
         return
     size = decoded.size
     if result.size is not None and size != result.size:
@@ -176,6 +223,7 @@ def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: in
                 mask_path,
                 f"mask is {size[0]}x{size[1]} but its image "
                 f"'{item.path.name}' is {result.size[0]}x{result.size[1]}",
+                kind="mask size differs from its image",
             )
         )
     counts = np.bincount(values.ravel()) if values.min() >= 0 else None
@@ -193,6 +241,7 @@ def _inspect_mask(result: _FileResult, codes: list[str] | None, ignore_index: in
                     mask_path,
                     f"mask value {shown} not in the {len(codes)} codes "
                     f"(valid: 0-{len(codes) - 1}, and {ignore_index} for ignore)",
+                    kind="mask value not in the codes",
                 )
             )
 
@@ -237,6 +286,8 @@ def inspect_items(
     counts: dict[str, Counter] = {"train": Counter()}
     if valid:
         counts["valid"] = Counter()
+    images = dict.fromkeys(counts, 0)
+    labels_per_image = False
     modes: Counter = Counter()
     sizes: list[tuple[int, int]] = []
     mask_pixels: Counter = Counter()
@@ -247,14 +298,21 @@ def inspect_items(
             modes[result.mode] += 1
             sizes.append(result.size)
         mask_pixels.update(result.mask_values)
-        counts[split].update(layout.targets.names(item.target, source.classes))
+        names = layout.targets.names(item.target, source.classes)
+        counts[split].update(names)
+        images[split] += 1
+        labels_per_image = labels_per_image or len(names) != 1
         if split == "train" and result.digest is not None:
             first_train_copy.setdefault(result.digest, item.path)
     for (item, split), result in zip(everything, results, strict=True):
         if split == "valid" and result.digest in first_train_copy:
             twin = first_train_copy[result.digest]
             problems.append(
-                Problem(item.path, f"identical to training file '{twin}' (train/valid leakage)")
+                Problem(
+                    item.path,
+                    f"identical to training file '{twin}' (train/valid leakage)",
+                    kind="train/valid leakage",
+                )
             )
     return DataReport(
         root=source.root,
@@ -267,6 +325,8 @@ def inspect_items(
         problems=problems,
         ignore_index=ignore_index,
         masks=masks,
+        images=images,
+        labels_per_image=labels_per_image,
         train_items=train,
         valid_items=valid,
     )

@@ -30,6 +30,8 @@ from torso.data.checks import (
     DataReport,
     check_min_image_size,
     inspect_items,
+    problem_counts,
+    problem_lines,
 )
 from torso.data.datasets import ImageDataset, PairDataset
 from torso.data.decode import SUPPORTED_CHANNELS, read_image
@@ -39,7 +41,6 @@ from torso.data.transforms import Augmentation, check_resize_mode, resize_square
 from torso.errors import TorsoError
 
 SamplerFactory = Callable[[Dataset], Sampler]
-_SHOWN_PROBLEMS = 20
 
 
 def default_workers() -> int:
@@ -59,13 +60,11 @@ class DataCheckError(TorsoError):
 
     def __init__(self, report: DataReport) -> None:
         self.report = report
-        shown = [f"  {problem}" for problem in report.problems[:_SHOWN_PROBLEMS]]
-        more = len(report.problems) - len(shown)
-        if more:
-            shown.append(f"  ... and {more} more (run `torso check` for the full list)")
+        shown = problem_lines(report.problems, shown_per_kind=3)
         super().__init__(
-            f"{len(report.problems)} problem(s) in the data in '{report.root}' (fix them, or skip "
-            "the bad files with skip_bad=True / --skip-bad):\n" + "\n".join(shown)
+            f"{problem_counts(report.problems)}, in the data in '{report.root}' (fix them, or "
+            "skip the bad files with skip_bad=True / --skip-bad; `torso check --json` lists "
+            "every file):\n" + "\n".join(shown)
         )
 
 
