@@ -230,3 +230,29 @@ def test_multilabel_check_counts_images_and_labels_apart(tmp_path, capsys):
     assert "images: train 6" in summary and "labels per class" in summary
     assert main(["check", str(tmp_path), "--task", "multilabel", "--json", "--valid-pct", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == {"train": 6}
+
+
+def test_a_stray_mask_value_without_codes_is_refused_not_made_a_class(tmp_path, capsys):
+    root = make_segmentation(tmp_path / "seg", count=4, codes=None)
+    report = check_data(root, task="segment", num_workers=1)
+    assert report.ok  # values 0, 1, 2: classes "0", "1", "2"
+    stray = np.array(Image.open(root / "masks" / "3.png"))
+    stray[0, 0] = 200
+    Image.fromarray(stray).save(root / "masks" / "3.png")
+    report = check_data(root, task="segment", num_workers=1)
+    [problem] = report.problems
+    assert problem.kind == "mask values without codes"
+    assert "the masks hold the values 0, 1, 2, 200" in problem.reason
+    assert "201 classes" in problem.reason and "codes.txt" in problem.reason
+    assert "200 first in '3.png'" in problem.reason
+    assert "mask values: 0, 1, 2, 200" in report.summary()
+    with pytest.raises(DataCheckError, match="codes.txt"):
+        load_data(root, task="segment", size=16, num_workers=0)
+    with pytest.raises(TorsoError, match="values 0, 1, 2, 200"):
+        load_data(root, task="segment", size=16, num_workers=0, skip_bad=True)
+    assert main(["check", str(root)]) == 1
+    assert "--codes" in capsys.readouterr().out
+    dls = load_data(
+        root, task="segment", size=16, num_workers=0, codes=[str(i) for i in range(201)]
+    )
+    assert dls.num_outputs == 201  # with codes, the user said so

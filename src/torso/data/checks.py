@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from torso.data.decode import ImageReadError, converted, decode_image, mask_to_array
-from torso.data.layout import DataLayout, TaskWithData, task_layout
+from torso.data.layout import (
+    DataLayout,
+    TaskWithData,
+    listed,
+    mask_values_problem,
+    task_layout,
+)
 from torso.data.sources import Item, Problem, Source, find_source, split_items
 from torso.errors import TorsoError
 
@@ -136,6 +142,7 @@ class DataReport:
             )
         if self.mask_pixels:
             all_pixels = sum(self.mask_pixels.values())
+            lines.append(f"mask values: {listed(sorted(self.mask_pixels), limit=40)}")
             lines.append("mask pixels:")
             for value in sorted(self.mask_pixels):
                 if value == self.ignore_index:
@@ -292,8 +299,11 @@ def inspect_items(
     sizes: list[tuple[int, int]] = []
     mask_pixels: Counter = Counter()
     first_train_copy: dict[bytes, Path] = {}
+    first_mask: dict[int, Path] = {}
     for (item, split), result in zip(everything, results, strict=True):
         problems.extend(result.problems)
+        for value in result.mask_values:
+            first_mask.setdefault(value, Path(item.target))
         if result.mode is not None and result.size is not None:  # the image itself was readable
             modes[result.mode] += 1
             sizes.append(result.size)
@@ -314,6 +324,16 @@ def inspect_items(
                     kind="train/valid leakage",
                 )
             )
+    if masks and not source.codes_given:
+        problem = mask_values_problem(list(mask_pixels), ignore_index)
+        if problem is not None:
+            problems.append(
+                Problem(
+                    source.root,
+                    _with_stray_files(problem, first_mask, ignore_index),
+                    kind="mask values without codes",
+                )
+            )
     return DataReport(
         root=source.root,
         task=task_name,
@@ -330,6 +350,15 @@ def inspect_items(
         train_items=train,
         valid_items=valid,
     )
+
+
+def _with_stray_files(problem: str, first_mask: dict[int, Path], ignore_index: int) -> str:
+    """`problem`, and which mask holds each value above the widest gap between values."""
+    values = sorted(value for value in first_mask if value != ignore_index)
+    gaps = [(values[i + 1] - values[i], i + 1) for i in range(len(values) - 1)]
+    stray = values[max(gaps)[1] :][:3] if gaps else []
+    where = ", ".join(f"{value} first in '{first_mask[value].name}'" for value in stray)
+    return f"{problem} ({where})" if where else problem
 
 
 def check_data(

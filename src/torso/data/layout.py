@@ -33,6 +33,31 @@ from torso.registry import get_task
 
 #: The classes of a pair's target: 0 different, 1 same.
 PAIR_CLASSES = ("different", "same")
+#: Without codes, mask values 0 ... max become the classes; more values than this missing from
+#: every mask (a stray 200 among 0 and 1) means the masks are not what the user thinks.
+MAX_ABSENT_MASK_VALUES = 4
+
+
+def listed(values: list[int], limit: int = 12) -> str:
+    """`values` as "0, 1, 200", the first `limit` and "..." when there are more."""
+    shown = ", ".join(str(value) for value in values[:limit])
+    return shown + (", ..." if len(values) > limit else "")
+
+
+def mask_values_problem(mask_values: list[int], ignore_index: int) -> str | None:
+    """Why the values found in masks cannot stand for classes 0 ... max without codes (more
+    than `MAX_ABSENT_MASK_VALUES` values below the largest are in no mask), or None."""
+    values = sorted({value for value in mask_values if value != ignore_index})
+    if not values:
+        return None
+    absent = values[-1] + 1 - len(values)
+    if absent <= MAX_ABSENT_MASK_VALUES:
+        return None
+    return (
+        f"the masks hold the values {listed(values)} and no codes were given: that would make "
+        f"{values[-1] + 1} classes, {absent} of them in no mask; give the class names in "
+        "codes.txt (one a line, line index = mask value) or with --codes / codes=[...]"
+    )
 
 
 class Targets:
@@ -141,6 +166,9 @@ class MaskTargets(Targets):
             values = [value for value in mask_values if value != ignore_index]
             if not values:
                 raise TorsoError(f"no mask values found in '{source.root}'")
+            problem = mask_values_problem(values, ignore_index)
+            if problem is not None:
+                raise TorsoError(f"'{source.root}': {problem}")
             classes = [str(value) for value in range(max(values) + 1)]
         if len(classes) > 255:
             raise TorsoError(f"{len(classes)} codes: segmentation supports at most 255 classes")
