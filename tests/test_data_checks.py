@@ -214,6 +214,8 @@ def test_check_groups_repeated_problems_and_counts_them_by_kind(tmp_path, capsys
     message = str(caught.value)
     assert message.startswith("42 problem(s): 40 image too small, 2 not an image file")
     assert "... and 37 more files with the same problem" in message
+    dls = load_data(root, size=16, num_workers=0, skip_bad=True)
+    assert "skipped 42 bad file(s): 40 image too small, 2 not an image file" in dls.describe()
 
 
 def test_multilabel_check_counts_images_and_labels_apart(tmp_path, capsys):

@@ -39,11 +39,14 @@ def problem_kinds(problems: list[Problem]) -> dict[str, list[Problem]]:
     return dict(sorted(groups.items(), key=lambda group: -len(group[1])))
 
 
+def kind_counts(problems: list[Problem]) -> str:
+    """How many problems of each kind: "40 image too small, 2 not an image file"."""
+    return ", ".join(f"{len(group)} {kind}" for kind, group in problem_kinds(problems).items())
+
+
 def problem_counts(problems: list[Problem]) -> str:
     """One line: the number of problems and how many of each kind."""
-    groups = problem_kinds(problems)
-    kinds = ", ".join(f"{len(group)} {kind}" for kind, group in groups.items())
-    return f"{len(problems)} problem(s): {kinds}"
+    return f"{len(problems)} problem(s): {kind_counts(problems)}"
 
 
 def problem_lines(

@@ -30,6 +30,7 @@ from torso.data.checks import (
     DataReport,
     check_min_image_size,
     inspect_items,
+    kind_counts,
     problem_counts,
     problem_lines,
 )
@@ -192,7 +193,8 @@ class DataLoaders:
             + self.cache_note,
         ]
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} bad file(s) (see `torso check`)")
+            kinds = kind_counts(self.skipped)
+            lines.append(f"skipped {len(self.skipped)} bad file(s): {kinds} (see `torso check`)")
         return "\n".join(lines)
 
 
