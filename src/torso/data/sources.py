@@ -2,7 +2,7 @@
 
 Each reader turns the folder the user gives (`root`) into a `Source`; a task chooses its reader
 in its `DataLayout` (`torso.data.layout`). Every reader takes the same keyword arguments
-(`csv`, `label_delimiter`, `codes`) and ignores those it does not use.
+(`csv`, `label_delimiter`, `codes`, `allow_outside_paths`) and ignores those it does not use.
 
 - `read_classes`: folders `root/<class>/*.jpg`, split at random by `valid_pct` and `seed`; or
   `root/train/<class>/...` with `root/valid/<class>/...` (or `root/val/...`), a fixed split; or,
@@ -17,7 +17,8 @@ in its `DataLayout` (`torso.data.layout`). Every reader takes the same keyword a
   value). Item targets: mask paths.
 
 CSV files: a header row, the first column a file name relative to the CSV's folder; an optional
-`is_valid` (or `valid`) column of true/false fixes the split.
+`is_valid` (or `valid`) column of true/false fixes the split. A row naming a file outside the
+data folder and the CSV's folder, or a file already listed, is a problem, not an item.
 """
 
 from __future__ import annotations
