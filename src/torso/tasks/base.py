@@ -162,6 +162,16 @@ class Task:
         `{"prediction": "cat", "probability": 0.93}`."""
         raise NotImplementedError(f"{type(self).__name__} must define describe()")
 
+    def predict_records(
+        self, predictor: Predictor, images: Any, *, tta: bool = False, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`Predictor.predict`: one record per sample of `images` (anything
+        `torso.data.prepare.prepare_images` takes). By default `describe` of the predictor's
+        activations; a task whose answer depends on each image's own size (a mask) overrides
+        it."""
+        activations = predictor.activations(images, tta=tta, batch_size=batch_size)
+        return self.describe(activations, predictor.config.class_names())
+
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         """Activations of a horizontally mirrored input → those of the original (test-time
         augmentation): unchanged for per-image answers; mirrored back for per-pixel ones."""
