@@ -124,6 +124,41 @@ def test_metrics_match_a_hand_count_and_ignore_void():
     assert SegmentTask.main_metric == "mean_iou" and SegmentTask.higher_is_better
 
 
+def test_dice_foreground_leaves_the_background_class_out():
+    # The same pixels as above: circle 4/5 and square 4/5; the background's 2/4 left out.
+    truth = torch.tensor([[[0, 0, 1, 1], [2, 2, 2, VOID]]])
+    predicted = torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 0]]])
+    outputs = F.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+    task = get_task("segment")
+    metrics = task.metrics({"num_outputs": 3, "classes": CODES})
+    half = task.metric_inputs(outputs[..., :2], truth[..., :2])  # updates add up
+    metrics["dice_foreground"].update(*half)
+    rest = task.metric_inputs(outputs[..., 2:], truth[..., 2:])
+    metrics["dice_foreground"].update(*rest)
+    assert float(metrics["dice_foreground"].compute()) == pytest.approx(0.8)
+    # A class absent from truth and prediction does not count; no foreground at all gives 0.
+    metrics = task.metrics({"num_outputs": 4, "classes": [*CODES, "x"]})
+    metrics["dice_foreground"].update(*task.metric_inputs(outputs, truth))
+    assert float(metrics["dice_foreground"].compute()) == pytest.approx(0.8)
+    empty = task.metrics({"num_outputs": 3, "classes": CODES})["dice_foreground"]
+    empty.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert float(empty.compute()) == 0.0
+
+
+def test_per_class_dice_columns_are_marked_and_a_clashing_name_gets_its_id():
+    task = get_task("segment")
+    config = {"num_outputs": 3, "classes": ["background", "foreground", "dice"]}
+    assert task.per_class_metrics(config) == [
+        "dice_background",
+        "dice_foreground_1",
+        "dice_dice",
+    ]
+    names = list(task.metrics(config))
+    assert names[:4] == ["pixel_accuracy", "dice", "dice_foreground", "mean_iou"]
+    assert set(task.per_class_metrics(config)) == set(names[4:])
+    assert get_task("classify").per_class_metrics({"num_outputs": 3}) == []
+
+
 def test_describe_gives_the_mask_its_classes_and_pixel_shares():
     task = get_task("segment")
     activations = F.one_hot(torch.tensor([[[0, 1], [1, 1]]]), 3).permute(0, 3, 1, 2).float()

@@ -137,6 +137,12 @@ class Task:
         """Fresh torchmetrics objects, by name, for one pass over the validation set."""
         return {}
 
+    def per_class_metrics(self, config: RunConfig | Mapping[str, Any]) -> list[str]:
+        """The names among `metrics(config)` that measure one class each (`dice_road`, ...):
+        `metrics.csv` and the report keep them; the progress display and the final line of
+        `torso train` show only the others, so an epoch stays one line. None by default."""
+        return []
+
     def metric_inputs(
         self, outputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption, output_names
+from torso.tasks.classify import class_probabilities
 
 
 class MultilabelTask(Task):
@@ -78,6 +79,8 @@ class MultilabelTask(Task):
     def describe(
         self, activations: torch.Tensor, classes: list[str] | None
     ) -> list[dict[str, Any]]:
+        """`{"prediction": "red blue", "p_red": 0.97, "p_green": 0.02, "p_blue": 0.88}`: the
+        labels at or above the threshold (space-separated), then each label's probability."""
         names = classes or [str(index) for index in range(activations.shape[1])]
         records = []
         for row in activations:
@@ -85,6 +88,6 @@ class MultilabelTask(Task):
                 name for name, p in zip(names, row, strict=True) if p >= self.options["threshold"]
             ]
             record: dict[str, Any] = {"prediction": " ".join(chosen)}
-            record.update({name: round(float(p), 6) for name, p in zip(names, row, strict=True)})
+            record.update(class_probabilities(row, names))
             records.append(record)
         return records

@@ -17,7 +17,7 @@ import csv
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,13 +115,49 @@ def soft_dice_loss(
     return 1 - dice.mean(dim=-1)
 
 
+class ForegroundDice(Metric):
+    """Dice averaged over the classes after the first (the background), over all pixels of
+    all updates together; void pixels (`ignore_index`) left out, and classes absent from both
+    the truth and the prediction (0 when every foreground class is).
+
+    `update(predictions, targets)` takes class ids of the same shape, e.g. `(N, H, W)`.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        for name in ("overlap", "predicted", "actual"):
+            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        valid = targets != self.ignore_index
+        predicted, actual = predictions[valid].long(), targets[valid].long()
+        count = self.num_classes
+        self.overlap += torch.bincount(actual[predicted == actual], minlength=count)[:count]
+        self.predicted += torch.bincount(predicted, minlength=count)[:count]
+        self.actual += torch.bincount(actual, minlength=count)[:count]
+
+    def compute(self) -> torch.Tensor:
+        total = (self.predicted + self.actual)[1:].double()
+        present = total > 0
+        if not present.any():
+            return torch.tensor(0.0)
+        dice = 2 * self.overlap[1:].double()[present] / total[present]
+        return dice.mean().float()
+
+
 class SegmentTask(Task):
     """Cross-entropy over pixels (void pixels ignored), plus an optional soft Dice term.
 
     Metrics (void pixels left out): `pixel_accuracy`; `dice` (mean over the classes present in
-    the truth or the prediction) and `dice_<class>` per class; `mean_iou` (intersection over
-    union averaged over the classes present, the main metric). Dice and IoU are computed over
-    all validation pixels together, not averaged image by image.
+    the truth or the prediction, the background class included), `dice_foreground` (the same
+    mean over every class but the first, which `codes.txt` lists first and which is taken to
+    be the background; with two classes, the object's Dice) and `dice_<class>` per class (in
+    `metrics.csv` and the report, not on the console: `per_class_metrics`); `mean_iou`
+    (intersection over union averaged over the classes present, the main metric). Dice and IoU
+    are computed over all validation pixels together, not averaged image by image.
 
     Options:
         ignore_index: the mask value of pixels without a class (255).
@@ -306,14 +342,32 @@ class SegmentTask(Task):
         metrics: dict[str, Metric] = {
             "pixel_accuracy": MulticlassAccuracy(average="micro", **common),
             "dice": MulticlassF1Score(average="macro", **common),
-            "mean_iou": MulticlassJaccardIndex(average="macro", **common),
         }
-        for index, class_name in enumerate(names[:num_classes]):
-            key = f"dice_{metric_name(class_name)}"
-            if key in metrics:
-                key = f"{key}_{index}"
+        if num_classes > 1:
+            metrics["dice_foreground"] = ForegroundDice(num_classes, ignore_index)
+        metrics["mean_iou"] = MulticlassJaccardIndex(average="macro", **common)
+        for key, index in self._class_metric_keys(config):
             metrics[key] = MulticlassF1Score(average="none", **common)[index]
         return metrics
+
+    def per_class_metrics(self, config: RunConfig | Mapping[str, Any]) -> list[str]:
+        """The `dice_<class>` columns."""
+        return [key for key, _ in self._class_metric_keys(config)]
+
+    @staticmethod
+    def _class_metric_keys(config: RunConfig | Mapping[str, Any]) -> list[tuple[str, int]]:
+        """`(dice_<class>, class id)` for each class; a name that would repeat another column
+        gets its id appended (`dice_foreground_1` for a class named "foreground")."""
+        num_classes, names = output_names(config)
+        taken = {"dice", "dice_foreground"}
+        keys = []
+        for index, class_name in enumerate(names[:num_classes]):
+            key = f"dice_{metric_name(class_name)}"
+            if key in taken:
+                key = f"{key}_{index}"
+            taken.add(key)
+            keys.append((key, index))
+        return keys
 
     def metric_inputs(
         self, outputs: torch.Tensor, targets: torch.Tensor
