@@ -52,3 +52,19 @@ def test_an_epoch_is_one_line_and_the_frozen_epoch_says_head_only(tmp_path):
 def test_format_row_leaves_out_the_hidden_columns():
     row = {"epoch": 1, "train_loss": 0.5, "dice_a": 0.1, "lr": 1e-3, "time": 75.0}
     assert format_row(row, {"dice_a"}) == "train_loss 0.5000  lr 1.00e-03  time 1:15"
+
+
+def test_torso_train_ends_with_the_main_metrics_only(tmp_path, capsys):
+    from test_segment_task import write_shapes
+
+    from torso.cli import main
+
+    data = write_shapes(tmp_path / "shapes", 8, size=32)
+    arguments = ["train", str(data), "--task", "segment", "--backbone", "test_resnet",
+                 "--decoder-width", "16", "--size", "32", "--batch-size", "4", "--epochs", "1",
+                 "--workers", "0", "--quiet", "--out", str(tmp_path / "run")]  # fmt: skip
+    capsys.readouterr()
+    assert main(arguments) == 0
+    (last,) = [line for line in capsys.readouterr().out.splitlines() if "saved model" in line]
+    assert "mean_iou" in last and "dice_foreground" in last
+    assert "dice_circle" not in last and " lr " not in last

@@ -8,7 +8,9 @@ outputs are class scores (logits) `(N, num_classes, H, W)` at the image's size.
 
 `torso predict` of a segmentation run (`SegmentTask.predict_files`) writes, for each image, a
 palette mask PNG at the image's own size and an overlay, and a CSV of each class's share of the
-pixels; the report shows image | truth | prediction for a few validation images.
+pixels; `Predictor.predict` (and `Learner.predict`) gives each image's mask at the image's own
+size as a record (`mask_record`); the report shows image | truth | prediction for a few
+validation images.
 """
 
 from __future__ import annotations
