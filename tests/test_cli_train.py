@@ -53,7 +53,8 @@ def test_train_predict_and_lr_find(data, tmp_path, capsys):
     code = main(["predict", str(run), str(data / "circle"), "--out", str(predictions), "--tta"])
     assert code == 0
     rows = list(csv.DictReader(predictions.open()))
-    assert len(rows) == 12 and set(rows[0]) == {"path", "prediction", "probability"}
+    assert len(rows) == 12 and list(rows[0])[:3] == ["path", "prediction", "probability"]
+    assert list(rows[0])[3:] == ["p_circle", "p_square", "p_triangle"]
     assert {row["prediction"] for row in rows} <= {"circle", "square", "triangle"}
 
     plot = tmp_path / "lr.png"

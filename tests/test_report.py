@@ -344,3 +344,149 @@ def test_writers_do_not_share_a_fixed_temporary_file(tmp_path, monkeypatch):
     atomic_write(tmp_path / "a.txt", "one")
     atomic_write(tmp_path / "a.txt", "two")
     assert len(set(temporaries)) == 2 and (tmp_path / "a.txt").read_text() == "two"
+
+
+# --- what a run's report tells -----------------------------------------------------------------
+
+
+def test_loss_plot_shades_the_head_only_epochs_and_marks_the_best(tmp_path):
+    plain = pixels(plot_losses(HISTORY, tmp_path / "plain.png"))
+    marked = pixels(plot_losses(HISTORY, tmp_path / "marked.png", frozen_epochs=[0], best_epoch=2))
+    shade = (236, 236, 236)  # tab:gray at alpha 0.15 on white
+    assert count_near(marked, shade, 3) > count_near(plain, shade, 3) + 500
+    green = (44, 160, 44)  # the dotted line at the best epoch
+    assert count_near(marked, green, 20) > count_near(plain, green, 20) + 30
+
+
+def test_report_shows_the_run_settings_and_marks_head_only_and_best_epochs(tmp_path):
+    page = write_report(
+        tmp_path,
+        title="run",
+        history=HISTORY,
+        settings={"batch size": 16, "device": "cpu", "augmentation": "on"},
+        frozen_epochs=[0],
+        best_epoch=2,
+    ).read_text(encoding="utf-8")
+    assert "<h2>Run</h2>" in page
+    assert '<td class="key">batch size</td><td>16</td>' in page
+    assert '<th class="key">note</th>' in page
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", page.split("<h2>History</h2>")[1], re.DOTALL)
+    assert rows[1].endswith('<td class="key">head only</td>')  # epoch 0
+    assert rows[3].endswith('<td class="key">best</td>')  # epoch 2
+    assert page.count('<tr class="best">') == 1
+
+
+def test_task_figures_plots_draw_valid_pngs(tmp_path):
+    from torso.plots import (
+        plot_class_bars,
+        plot_pair_histogram,
+        plot_predicted_vs_true,
+        plot_threshold_curve,
+    )
+
+    paths = [
+        plot_class_bars([0.9, float("nan"), 0.4], ["a", "b", "c"], tmp_path / "f1.png",
+                        title="F1 per label", label="F1"),
+        plot_threshold_curve(np.linspace(0.1, 0.9, 9), np.linspace(0.2, 0.6, 9), 0.5,
+                             tmp_path / "threshold.png"),
+        plot_predicted_vs_true(np.arange(6.0), np.arange(6.0) + 0.5, ["age"],
+                               tmp_path / "scatter.png"),
+        plot_pair_histogram([0.9, 0.8, 0.1, 0.3], [1, 1, 0, 0], tmp_path / "pairs.png"),
+    ]  # fmt: skip
+    for path in paths:
+        assert pixels(path).shape[0] > 100
+    with pytest.raises(TorsoError, match="2 entries but there are 3 names"):
+        plot_class_bars([0.1, 0.2], ["a", "b", "c"], tmp_path / "x.png", title="t", label="F1")
+    with pytest.raises(TorsoError, match="3 probabilities but 2 pair labels"):
+        plot_pair_histogram([0.1, 0.2, 0.3], [0, 1], tmp_path / "x.png")
+
+
+def test_multilabel_f1_per_label_and_over_all_entries_by_hand():
+    from torso.tasks.multilabel import f1_scores
+
+    predicted = torch.tensor([[True, False, False], [True, True, False]])
+    truth = torch.tensor([[True, True, False], [False, True, False]])
+    per_label = f1_scores(predicted, truth, dim=0)
+    # label 0: tp 1, fp 1 → 2/3; label 1: tp 1, fn 1 → 2/3; label 2: never there → NaN
+    assert per_label[:2].tolist() == pytest.approx([2 / 3, 2 / 3])
+    assert torch.isnan(per_label[2])
+    assert float(f1_scores(predicted, truth, dim=None)) == pytest.approx(2 * 2 / (3 + 3))
+
+
+@pytest.mark.parametrize(
+    "task_name, outputs, files",
+    [
+        ("multilabel", 3, ["label_f1.png", "threshold_f1.png"]),
+        ("regress", 1, ["predicted_vs_true.png"]),
+        ("siamese", 2, ["pair_probabilities.png"]),
+    ],
+)
+def test_each_task_adds_its_own_figures_to_the_report(tmp_path, task_name, outputs, files):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torso.config import RunConfig
+    from torso.predictor import Predictor
+    from torso.tasks import get_task
+
+    task = get_task(task_name)
+    config = RunConfig(task_name, "test_resnet", outputs, 32)
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 32, 32)
+    if task_name == "multilabel":
+        targets = (torch.rand(8, 3) > 0.5).float()
+    elif task_name == "regress":
+        targets = torch.rand(8, 1) * 10
+    else:
+        targets = torch.tensor([0, 1] * 4)
+    dataset = TensorDataset(images, torch.rand(8, 3, 32, 32), targets)
+    batches = [((a, b) if task_name == "siamese" else a, y) for a, b, y in DataLoader(dataset, 4)]
+    predictor = Predictor(task.build_model(config), task, config)
+    figures = task.report_figures(predictor, batches, tmp_path)
+    assert [figure.name for figure in figures] == files
+    for figure in figures:
+        assert pixels(figure).shape[0] > 100
+
+
+def test_run_report_gives_settings_counts_time_date_device_and_epoch_marks(tmp_path):
+    import json
+    from datetime import date
+
+    from test_learner_shapes import loaders, shapes
+
+    from torso.config import RunConfig
+    from torso.tasks import get_task
+    from torso.tools.report import write_run_report
+    from torso.train.callbacks import SaveBest
+    from torso.train.learner import Learner, set_seed
+
+    set_seed(0)
+    train, valid = loaders(shapes, 24, 8, batch_size=8)
+    task = get_task("classify")
+    config = RunConfig("classify", "test_resnet", 3, 32, classes=["circle", "square", "triangle"])
+    arguments = {"data": "shapes/", "pretrained": True, "batch_size": 8, "no_augment": False,
+                 "epochs": 1, "freeze_epochs": 1, "lr": None, "lr_find": False}  # fmt: skip
+    (tmp_path / "train_args.json").write_text(json.dumps(arguments))
+    learner = Learner(
+        task.build_model(config), train, valid, task=task, config=config,
+        callbacks=[SaveBest()], out=tmp_path,
+    )  # fmt: skip
+    learner.fine_tune(1, 1e-3, freeze_epochs=1)
+    page = write_run_report(learner, tmp_path, title="shapes").read_text(encoding="utf-8")
+    run = page.split("<h2>Run</h2>")[1].split("</table>")[0]
+    for setting, value in [
+        ("pretrained", "yes"),
+        ("batch size", "8"),
+        ("augmentation", "on"),
+        ("training images", "24"),
+        ("validation images", "8"),
+        ("outputs", "3: circle, square, triangle"),
+        ("device", "cpu"),
+    ]:
+        assert f'<td class="key">{setting}</td><td>{value}</td>' in run, setting
+    assert '<td class="key">epochs</td><td>2 (1 head only)</td>' in run
+    assert "1 epoch(s) head only at 1.00e-03; 1 epoch(s) all groups at 5.00e-06" in run
+    assert f'<td class="key">date</td><td>{date.today():%Y-%m-%d}' in run
+    assert '<td class="key">training time</td><td>0:' in run
+    history = page.split("<h2>History</h2>")[1].split("</table>")[0]
+    assert '<td class="key">head only' in history
+    assert page.count('<tr class="best">') == 1

@@ -124,13 +124,97 @@ def test_metrics_match_a_hand_count_and_ignore_void():
     assert SegmentTask.main_metric == "mean_iou" and SegmentTask.higher_is_better
 
 
-def test_describe_gives_pixel_shares_and_decode_the_argmax_mask():
+def test_dice_foreground_leaves_the_background_class_out():
+    # The same pixels as above: circle 4/5 and square 4/5; the background's 2/4 left out.
+    truth = torch.tensor([[[0, 0, 1, 1], [2, 2, 2, VOID]]])
+    predicted = torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 0]]])
+    outputs = F.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+    task = get_task("segment")
+    metrics = task.metrics({"num_outputs": 3, "classes": CODES})
+    half = task.metric_inputs(outputs[..., :2], truth[..., :2])  # updates add up
+    metrics["dice_foreground"].update(*half)
+    rest = task.metric_inputs(outputs[..., 2:], truth[..., 2:])
+    metrics["dice_foreground"].update(*rest)
+    assert float(metrics["dice_foreground"].compute()) == pytest.approx(0.8)
+    # A class absent from truth and prediction does not count; no foreground at all gives 0.
+    metrics = task.metrics({"num_outputs": 4, "classes": [*CODES, "x"]})
+    metrics["dice_foreground"].update(*task.metric_inputs(outputs, truth))
+    assert float(metrics["dice_foreground"].compute()) == pytest.approx(0.8)
+    empty = task.metrics({"num_outputs": 3, "classes": CODES})["dice_foreground"]
+    empty.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert float(empty.compute()) == 0.0
+
+
+def test_per_class_dice_columns_are_marked_and_a_clashing_name_gets_its_id():
+    task = get_task("segment")
+    config = {"num_outputs": 3, "classes": ["background", "foreground", "dice"]}
+    assert task.per_class_metrics(config) == [
+        "dice_background",
+        "dice_foreground_1",
+        "dice_dice",
+    ]
+    names = list(task.metrics(config))
+    assert names[:4] == ["pixel_accuracy", "dice", "dice_foreground", "mean_iou"]
+    assert set(task.per_class_metrics(config)) == set(names[4:])
+    assert get_task("classify").per_class_metrics({"num_outputs": 3}) == []
+
+
+def test_describe_gives_the_mask_its_classes_and_pixel_shares():
     task = get_task("segment")
     activations = F.one_hot(torch.tensor([[[0, 1], [1, 1]]]), 3).permute(0, 3, 1, 2).float()
     assert task.decode(activations).tolist() == [[[0, 1], [1, 1]]]
-    assert task.describe(activations, CODES) == [
-        {"background": 0.25, "circle": 0.75, "square": 0.0}
+    (record,) = task.describe(activations, CODES)
+    assert record["mask"].dtype == np.uint8 and record["mask"].tolist() == [[0, 1], [1, 1]]
+    assert record["classes"] == CODES
+    assert record["shares"] == {"background": 0.25, "circle": 0.75, "square": 0.0}
+
+
+@pytest.mark.parametrize(
+    "channels, cap",
+    [([16, 24, 40, 112, 1280], 256), ([64, 128, 256, 512], 256), ([32, 48, 96], 64), ([8], 16)],
+)
+def test_the_automatic_decoder_cap_follows_the_bodys_last_width(channels, cap):
+    from torso.tasks.segment import auto_decoder_width
+
+    assert auto_decoder_width(channels) == cap
+
+
+def test_segment_defaults_to_a_decoder_sized_by_the_body_and_full_keeps_fastais_widths():
+    from torso.models.bodies import create_body
+
+    config = RunConfig("segment", "test_resnet", 3, 32, classes=CODES)
+    body = create_body("test_resnet")  # last width 96: a cap of 64
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    default = get_task("segment").build_model(config)
+    assert count(default) == count(DynamicUnet(body, 3, decoder_width=64))
+    fastai = count(DynamicUnet(body, 3))
+    for full in ("full", "fastai", None):  # None: what runs saved before "auto" hold
+        assert get_task("segment", decoder_width=full).options["decoder_width"] == "full"
+        assert count(get_task("segment", decoder_width=full).build_model(config)) == fastai
+    assert count(default) < fastai
+    notes = get_task("segment").summary_notes(config, default)
+    assert f"{fastai:,} parameters" in notes[0] and "--decoder-width full" in notes[0]
+
+
+def test_decoder_width_on_the_command_line_takes_auto_full_or_a_number():
+    import argparse
+
+    from torso.tasks.segment import decoder_width_option
+
+    assert [decoder_width_option(text) for text in ("auto", "FULL", "fastai", "128")] == [
+        "auto",
+        "full",
+        "full",
+        128,
     ]
+    for bad in ("wide", "1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            decoder_width_option(bad)
+    with pytest.raises(TorsoError, match="decoder_width"):
+        get_task("segment", decoder_width="wide")
 
 
 def test_the_model_is_a_dynamic_unet_rebuilt_from_its_saved_config(tmp_path):
@@ -243,6 +327,23 @@ def test_predict_writes_masks_at_each_images_size_overlays_and_shares(shapes_run
     for row in rows:
         assert sum(float(row[name]) for name in CODES) == pytest.approx(1.0, abs=1e-5)
         assert float(row["circle"]) > 0.02 and float(row["square"]) > 0.02
+
+
+def test_predictor_predict_gives_each_images_mask_at_its_own_size(shapes_run):
+    import torso
+
+    data, run = shapes_run
+    source = Image.open(data / "images" / "000.png")
+    wide = source.resize((60, 40), Image.Resampling.BILINEAR)
+    records = torso.load(run).predict([data / "images" / "000.png", wide, np.asarray(wide)])
+    truth = np.asarray(Image.open(data / "masks" / "000.png"))
+    shapes = [record["mask"].shape for record in records]
+    assert shapes == [(40, 40), (40, 60), (40, 60)]
+    assert all(record["mask"].dtype == np.uint8 for record in records)
+    assert (records[0]["mask"] == truth).mean() > 0.9  # a training image: the model has learnt it
+    assert (records[1]["mask"] == records[2]["mask"]).all()
+    assert records[0]["classes"] == CODES
+    assert sum(records[0]["shares"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_predict_of_a_segmentation_run_needs_an_output_folder(shapes_run, capsys):

@@ -67,6 +67,19 @@ def test_multilabel_threshold_accuracy_and_f1():
     assert record["prediction"] == "red blue"
 
 
+def test_prediction_records_give_every_class_probability_after_the_prediction():
+    classify = get_task("classify")
+    probabilities = torch.tensor([[0.1, 0.7, 0.2]])
+    record = classify.describe(probabilities, ["cat", "dog", "fox"])[0]
+    assert list(record) == ["prediction", "probability", "p_cat", "p_dog", "p_fox"]
+    assert record["prediction"] == "dog" and record["probability"] == pytest.approx(0.7)
+    assert record["p_fox"] == pytest.approx(0.2)
+    multilabel = get_task("multilabel")
+    record = multilabel.describe(torch.tensor([[0.9, 0.2, 0.6]]), ["red", "green", "blue"])[0]
+    assert list(record) == ["prediction", "p_red", "p_green", "p_blue"]
+    assert record["prediction"] == "red blue" and record["p_green"] == pytest.approx(0.2)
+
+
 def test_multilabel_metrics_use_probabilities_even_for_small_logits():
     """Logits inside [0, 1] must not be mistaken for probabilities (0.3 → p = 0.57 ≥ 0.5)."""
     task = get_task("multilabel")

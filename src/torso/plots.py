@@ -20,7 +20,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,22 @@ def mask_to_image(mask: Any, num_classes: int) -> Image.Image:
 # Plots
 
 
-def plot_losses(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+def plot_losses(
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    frozen_epochs: Collection[int] = (),
+    best_epoch: int | None = None,
+) -> Path:
     """Loss curves (train and valid) and one panel per metric, over the epochs of `history`.
 
     `history` has one dict per epoch, e.g. `{"epoch": 0, "train_loss": 0.9, "valid_loss": 0.7,
     "accuracy": 0.8}`. Keys containing "loss" share the first panel; every other numeric key
     except bookkeeping (`epoch`, `step`, `time`, `seconds`, `elapsed`, `lr`) gets a panel of its
     own, since metrics differ in scale. A missing or `None` value leaves a gap. The x axis is
-    `epoch` when every entry has it, else the entry's position. Returns the PNG's path.
+    `epoch` when every entry has it, else the entry's position. Every panel shades the
+    `frozen_epochs` (epochs that trained the head only, "head only" in the loss panel's legend)
+    and draws a dotted line at `best_epoch` (the epoch `best/` holds). Returns the PNG's path.
     """
     if isinstance(history, Mapping) or not isinstance(history, Sequence) or len(history) == 0:
         raise TorsoError("history must be a non-empty list with one dict per epoch")
@@ -143,6 +151,11 @@ def plot_losses(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
         figure = Figure(figsize=(4.6 * columns, 3.4 * rows), layout="constrained")
         for number, panel in enumerate(panels):
             axes = figure.add_subplot(rows, columns, number + 1)
+            for position, epoch in enumerate(sorted(set(frozen_epochs) & set(epochs))):
+                label = "head only" if position == 0 else None
+                axes.axvspan(epoch - 0.5, epoch + 0.5, color="tab:gray", alpha=0.15, label=label)
+            if best_epoch is not None and best_epoch in epochs:
+                axes.axvline(best_epoch, color="tab:green", linestyle=":", label="best")
             for key in panel:
                 axes.plot(epochs, series[key], marker="o", markersize=3, label=key)
             axes.set_title("loss" if panel is loss_keys else panel[0])
@@ -429,6 +442,129 @@ def plot_segmentation(
         return _save(figure, path)
 
 
+def plot_class_bars(
+    values: Any, class_names: Sequence[str], path: str | os.PathLike, *, title: str, label: str
+) -> Path:
+    """One horizontal bar per class (e.g. each label's F1), the value written at its end.
+
+    `values` holds one number per name (NaN: no bar); `label` names the axis, e.g. "F1".
+    Returns the PNG's path.
+    """
+    numbers = _array(values, "values", ndim=1).astype(np.float64)
+    names = _names(class_names)
+    if len(numbers) != len(names):
+        raise TorsoError(f"values has {len(numbers)} entries but there are {len(names)} names")
+    with _style():
+        figure = Figure(figsize=(6.4, 1.2 + 0.3 * len(names)), layout="constrained")
+        axes = figure.add_subplot()
+        rows = np.arange(len(names))
+        shown = np.nan_to_num(numbers, nan=0.0)
+        axes.barh(rows, shown, color="tab:blue")
+        for row, value in zip(rows, numbers, strict=True):
+            text = "n/a" if math.isnan(value) else f"{value:.3f}"
+            axes.text(max(shown[row], 0) + 0.01, row, text, va="center", fontsize=8)
+        axes.set_yticks(rows, [_label(name) for name in names])
+        axes.invert_yaxis()
+        axes.set_xlim(0, max(1.0, float(shown.max(initial=0)) * 1.15))
+        axes.set_xlabel(label)
+        axes.set_title(title)
+        axes.grid(alpha=0.3, axis="x")
+        return _save(figure, path)
+
+
+def plot_threshold_curve(
+    thresholds: Any, scores: Any, chosen: float, path: str | os.PathLike, *, label: str = "F1"
+) -> Path:
+    """A score (e.g. micro F1) against the decision threshold; the run's threshold `chosen` and
+    the best one are marked. Returns the PNG's path."""
+    xs = _array(thresholds, "thresholds", ndim=1).astype(np.float64)
+    ys = _array(scores, "scores", ndim=1).astype(np.float64)
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise TorsoError("thresholds and scores must have the same length, at least 2")
+    best = int(np.nanargmax(ys))
+    with _style():
+        figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+        axes = figure.add_subplot()
+        axes.plot(xs, ys, color="tab:blue")
+        axes.axvline(chosen, color="tab:red", linestyle="--", label=f"threshold {chosen:g}")
+        axes.plot(
+            [xs[best]], [ys[best]], "o", color="tab:green",
+            label=f"best {ys[best]:.3f} at {xs[best]:.2f}",
+        )  # fmt: skip
+        axes.set_xlabel("threshold")
+        axes.set_ylabel(label)
+        axes.set_title(f"{label} against the threshold")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        return _save(figure, path)
+
+
+def plot_predicted_vs_true(
+    actual: Any, predicted: Any, names: Sequence[str], path: str | os.PathLike
+) -> Path:
+    """One scatter panel per target: predicted against true value, with the line y = x.
+
+    `actual` and `predicted` are `(N,)` or `(N, T)` with `T == len(names)`. Each panel's title
+    gives the mean absolute error. Returns the PNG's path.
+    """
+    truth = _array(actual, "actual").astype(np.float64).reshape(len(actual), -1)
+    guess = _array(predicted, "predicted").astype(np.float64).reshape(len(predicted), -1)
+    labels = _names(names)
+    if truth.shape != guess.shape or truth.shape[1] != len(labels):
+        raise TorsoError(
+            f"actual {truth.shape} and predicted {guess.shape} must match, one column per name"
+        )
+    columns = min(len(labels), 3)
+    rows = math.ceil(len(labels) / columns)
+    with _style():
+        figure = Figure(figsize=(4.2 * columns, 4.0 * rows), layout="constrained")
+        for index, name in enumerate(labels):
+            axes = figure.add_subplot(rows, columns, index + 1)
+            x, y = truth[:, index], guess[:, index]
+            axes.scatter(x, y, s=12, alpha=0.7, color="tab:blue")
+            low = float(min(x.min(), y.min()))
+            high = float(max(x.max(), y.max()))
+            axes.plot([low, high], [low, high], color="tab:gray", linestyle="--", linewidth=1)
+            axes.set_xlabel(f"true {_label(name)}")
+            axes.set_ylabel(f"predicted {_label(name)}")
+            axes.set_title(f"{_label(name)} (MAE {np.abs(x - y).mean():.3g})")
+            axes.grid(alpha=0.3)
+        return _save(figure, path)
+
+
+def plot_pair_histogram(
+    same_probabilities: Any, same: Any, path: str | os.PathLike, *, bins: int = 20
+) -> Path:
+    """Histograms of the predicted probability of "same" for the pairs that are the same and
+    for those that are different: two well-separated humps mean a model that tells them apart.
+
+    `same_probabilities` `(N,)` in [0, 1]; `same` `(N,)` of 1 (same) / 0 (different).
+    Returns the PNG's path.
+    """
+    values = _array(same_probabilities, "same_probabilities", ndim=1).astype(np.float64)
+    truth = _array(same, "same", ndim=1).astype(bool)
+    if len(values) != len(truth):
+        raise TorsoError(f"{len(values)} probabilities but {len(truth)} pair labels")
+    edges = np.linspace(0, 1, bins + 1)
+    with _style():
+        figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+        axes = figure.add_subplot()
+        for selected, name, colour in (
+            (truth, "same", "tab:green"),
+            (~truth, "different", "tab:red"),
+        ):
+            axes.hist(
+                values[selected], bins=edges, alpha=0.6, color=colour,
+                label=f"{name} pairs ({int(selected.sum())})",
+            )  # fmt: skip
+        axes.axvline(0.5, color="tab:gray", linestyle="--", linewidth=1)
+        axes.set_xlabel('predicted probability of "same"')
+        axes.set_ylabel("pairs")
+        axes.set_title("same and different pairs")
+        axes.legend()
+        return _save(figure, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The HTML report
 
@@ -447,6 +583,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .9rem; color: #555; }
 pre { background: #f7f7f7; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 .meta { color: #666; font-size: .85rem; }
+tr.best td { font-weight: bold; }
 """
 
 _IMAGE_TYPES = (
@@ -466,11 +603,17 @@ def write_report(
     history: Sequence[Mapping[str, Any]] = (),
     images: Sequence[str | os.PathLike] = (),
     config: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    frozen_epochs: Collection[int] = (),
+    best_epoch: int | None = None,
 ) -> Path:
     """Write `run_dir/report.html`: one self-contained page about a run, and return its path.
 
     The page holds, each section only when there is something in it: the title, a table of the
-    final `metrics`, a table of the `history` (one row per epoch, one column per key), every image
+    run's `settings` (what was trained how, on what, when and where: name → value), a table of
+    the final `metrics`, a table of the `history` (one row per epoch, one column per key; with
+    `frozen_epochs` or `best_epoch`, a last column notes "head only" and "best" for the rows
+    whose `epoch` is one of them, and the best row is bold), every image
     of `images` (PNG, JPEG or GIF files, embedded as base64 data URIs and captioned by file name),
     the model summary `summary_text` as pre-formatted text, and the run `config` as JSON. Styles
     are inline and a Content-Security-Policy forbids fetching anything, so the file can be mailed
@@ -509,6 +652,12 @@ def write_report(
         f"<h1>{_escape(title)}</h1>",
         f'<p class="meta">report written by torso {_escape(__version__)}</p>',
     ]
+    if settings:
+        parts.append("<h2>Run</h2>")
+        parts.append('<table><tr><th class="key">setting</th><th>value</th></tr>')
+        for key, value in settings.items():
+            parts.append(f'<tr><td class="key">{_escape(key)}</td><td>{_cell(value)}</td></tr>')
+        parts.append("</table>")
     if metrics:
         parts.append("<h2>Final metrics</h2>")
         parts.append('<table><tr><th class="key">metric</th><th>value</th></tr>')
@@ -522,11 +671,20 @@ def write_report(
         parts.append("<h2>History</h2>")
         parts.append('<div class="scroll"><table><tr>')
         parts.extend(f"<th>{_escape(column)}</th>" for column in columns)
+        marked = bool(frozen_epochs) or best_epoch is not None
+        if marked:
+            parts.append('<th class="key">note</th>')
         parts.append("</tr>")
         for entry in history:
             by_name = {str(key): value for key, value in entry.items()}
             cells = "".join(f"<td>{_cell(by_name.get(column))}</td>" for column in columns)
-            parts.append(f"<tr>{cells}</tr>")
+            epoch = by_name.get("epoch")
+            best = best_epoch is not None and epoch == best_epoch
+            if marked:
+                notes = ["head only"] if epoch in frozen_epochs else []
+                notes += ["best"] if best else []
+                cells += f'<td class="key">{_escape(", ".join(notes))}</td>'
+            parts.append('<tr class="best">' + cells + "</tr>" if best else f"<tr>{cells}</tr>")
         parts.append("</table></div>")
     if embedded:
         parts.append("<h2>Plots</h2>")

@@ -87,10 +87,11 @@ class Predictor:
 
         images: a path, a PIL image, a numpy array, a tensor `(C, H, W)` or `(N, C, H, W)`, or a
         list of these; prepared as validation prepares them. `tta` averages each image's
-        activations with those of its mirror image.
+        activations with those of its mirror image. A segmentation model gives each image's
+        mask at the image's own size: `{"mask": uint8 (H, W), "classes": [...], "shares": {...}}`
+        (see `torso.tasks.segment.SegmentTask.describe`).
         """
-        activations = self.activations(images, tta=tta, batch_size=batch_size)
-        return self.task.describe(activations, self.config.class_names())
+        return self.task.predict_records(self, images, tta=tta, batch_size=batch_size)
 
     # -- loaders -------------------------------------------------------------------------
     @torch.no_grad()

@@ -416,7 +416,8 @@ def _train(args: argparse.Namespace) -> int:
 
     report = write_run_report(learner, out, title=f"torso train {args.data}", lr_curve=lr_curve)
     final = learner.history[-1] if learner.history else {}
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in ("epoch", "time", "lr"))
+    hidden = {"epoch", "time", "lr", *task.per_class_metrics(learner.config)}
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in hidden)
     print(f"saved model to {out}  {shown}", flush=True)
     print(f"report: {report}", flush=True)
     return 0

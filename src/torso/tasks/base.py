@@ -137,6 +137,12 @@ class Task:
         """Fresh torchmetrics objects, by name, for one pass over the validation set."""
         return {}
 
+    def per_class_metrics(self, config: RunConfig | Mapping[str, Any]) -> list[str]:
+        """The names among `metrics(config)` that measure one class each (`dice_road`, ...):
+        `metrics.csv` and the report keep them; the progress display and the final line of
+        `torso train` show only the others, so an epoch stays one line. None by default."""
+        return []
+
     def metric_inputs(
         self, outputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +167,16 @@ class Task:
         """One plain record per sample for people and CSV files, e.g.
         `{"prediction": "cat", "probability": 0.93}`."""
         raise NotImplementedError(f"{type(self).__name__} must define describe()")
+
+    def predict_records(
+        self, predictor: Predictor, images: Any, *, tta: bool = False, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`Predictor.predict`: one record per sample of `images` (anything
+        `torso.data.prepare.prepare_images` takes). By default `describe` of the predictor's
+        activations; a task whose answer depends on each image's own size (a mask) overrides
+        it."""
+        activations = predictor.activations(images, tta=tta, batch_size=batch_size)
+        return self.describe(activations, predictor.config.class_names())
 
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         """Activations of a horizontally mirrored input → those of the original (test-time

@@ -28,6 +28,11 @@ LABEL_SMOOTHING = TaskOption(
 )
 
 
+def class_probabilities(row: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """One sample's probability of each class as record fields: `{"p_cat": 0.93, ...}`."""
+    return {f"p_{name}": round(float(p), 6) for name, p in zip(names, row, strict=True)}
+
+
 def cross_entropy(
     outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -96,12 +101,19 @@ class ClassifyTask(Task):
     def describe(
         self, activations: torch.Tensor, classes: list[str] | None
     ) -> list[dict[str, Any]]:
-        probabilities, indices = activations.max(dim=1)
+        """`{"prediction": "cat", "probability": 0.93, "p_cat": 0.93, "p_dog": 0.05, ...}`:
+        the predicted class, its probability, then every class's (`p_<class>` columns)."""
         names = classes or [str(index) for index in range(activations.shape[1])]
-        return [
-            {"prediction": names[int(index)], "probability": round(float(probability), 6)}
-            for probability, index in zip(probabilities, indices, strict=True)
-        ]
+        records = []
+        for row in activations:
+            index = int(row.argmax())
+            record: dict[str, Any] = {
+                "prediction": names[index],
+                "probability": round(float(row[index]), 6),
+            }
+            record.update(class_probabilities(row, names))
+            records.append(record)
+        return records
 
     def folder_accuracy(
         self, records: Sequence[Mapping[str, Any]], folders: Sequence[str], config: RunConfig

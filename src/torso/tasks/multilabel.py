@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,10 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption, output_names
+from torso.tasks.classify import class_probabilities
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.predictor import Predictor
 
 
 class MultilabelTask(Task):
@@ -78,6 +83,8 @@ class MultilabelTask(Task):
     def describe(
         self, activations: torch.Tensor, classes: list[str] | None
     ) -> list[dict[str, Any]]:
+        """`{"prediction": "red blue", "p_red": 0.97, "p_green": 0.02, "p_blue": 0.88}`: the
+        labels at or above the threshold (space-separated), then each label's probability."""
         names = classes or [str(index) for index in range(activations.shape[1])]
         records = []
         for row in activations:
@@ -85,6 +92,44 @@ class MultilabelTask(Task):
                 name for name, p in zip(names, row, strict=True) if p >= self.options["threshold"]
             ]
             record: dict[str, Any] = {"prediction": " ".join(chosen)}
-            record.update({name: round(float(p), 6) for name, p in zip(names, row, strict=True)})
+            record.update(class_probabilities(row, names))
             records.append(record)
         return records
+
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """Each label's F1 at the run's threshold (`label_f1.png`) and the micro F1 over all
+        labels against the threshold (`threshold_f1.png`), over the validation set."""
+        from torso import plots
+
+        predictions = predictor.get_preds(loader)
+        probabilities = predictions["activations"].float()
+        truth = predictions["targets"].float().round().bool()
+        threshold = self.options["threshold"]
+        names = predictor.config.class_names()
+        per_label = f1_scores(probabilities >= threshold, truth, dim=0)
+        thresholds = torch.linspace(0.05, 0.95, 19)
+        micro = torch.stack([f1_scores(probabilities >= t, truth, dim=None) for t in thresholds])
+        return [
+            plots.plot_class_bars(
+                per_label,
+                names,
+                folder / "label_f1.png",
+                title=f"F1 per label at threshold {threshold:g}",
+                label="F1",
+            ),
+            plots.plot_threshold_curve(
+                thresholds, micro, threshold, folder / "threshold_f1.png", label="micro F1"
+            ),
+        ]
+
+
+def f1_scores(predicted: torch.Tensor, truth: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """F1 of boolean predictions `(N, K)` against boolean truth `(N, K)`: per label over the
+    samples (`dim=0`, NaN for a label neither predicted nor present), or over every entry
+    together (micro, `dim=None`; 0 when nothing is predicted or present)."""
+    sum_ = (lambda t: t.sum(dim=dim)) if dim is not None else (lambda t: t.sum())
+    overlap = sum_(predicted & truth).double()
+    total = sum_(predicted).double() + sum_(truth).double()
+    if dim is None:
+        return 2 * overlap / total if total > 0 else torch.tensor(0.0, dtype=torch.double)
+    return torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.nan)

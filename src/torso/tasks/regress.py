@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torso.predictor import Predictor
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
@@ -81,17 +85,31 @@ class RegressTask(Task):
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float()
 
+    @staticmethod
+    def _value_names(count: int, classes: list[str] | None) -> list[str]:
+        """The targets' names: the run's column names, else `value` or `value_0`, ..."""
+        if classes and len(classes) == count:
+            return list(classes)
+        return ["value"] if count == 1 else [f"value_{i}" for i in range(count)]
+
     def describe(
         self, activations: torch.Tensor, classes: list[str] | None
     ) -> list[dict[str, Any]]:
         values = activations.reshape(len(activations), -1)
-        names = classes if classes and len(classes) == values.shape[1] else None
-        if names is None:
-            names = (
-                ["value"]
-                if values.shape[1] == 1
-                else [f"value_{i}" for i in range(values.shape[1])]
-            )
+        names = self._value_names(values.shape[1], classes)
         return [
             {name: round(float(v), 6) for name, v in zip(names, row, strict=True)} for row in values
+        ]
+
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """Predicted against true values over the validation set, one panel per target
+        (`predicted_vs_true.png`)."""
+        from torso import plots
+
+        predictions = predictor.get_preds(loader)
+        predicted = predictions["activations"].float().reshape(len(predictions["activations"]), -1)
+        actual = predictions["targets"].float().reshape(predicted.shape)
+        names = self._value_names(predicted.shape[1], predictor.config.class_names())
+        return [
+            plots.plot_predicted_vs_true(actual, predicted, names, folder / "predicted_vs_true.png")
         ]

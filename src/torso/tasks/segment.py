@@ -8,15 +8,18 @@ outputs are class scores (logits) `(N, num_classes, H, W)` at the image's size.
 
 `torso predict` of a segmentation run (`SegmentTask.predict_files`) writes, for each image, a
 palette mask PNG at the image's own size and an overlay, and a CSV of each class's share of the
-pixels; the report shows image | truth | prediction for a few validation images.
+pixels; `Predictor.predict` (and `Learner.predict`) gives each image's mask at the image's own
+size as a record (`mask_record`); the report shows image | truth | prediction for a few
+validation images.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +49,13 @@ CSV_NAME = "predictions.csv"
 #: Smoothing of the soft Dice loss, in pixels: keeps classes absent from an image from
 #: dividing by zero and makes the loss of an empty class whose prediction is empty about zero.
 DICE_SMOOTHING = 1.0
-#: The decoder cap `torso summary` compares fastai's widths with (smp's Unet widths).
+#: The widest decoder cap `decoder_width="auto"` chooses: smp's Unet widths (256 at the middle,
+#: halved at each level nearer the image).
 DECODER_CAP = 256
+#: The narrowest cap `decoder_width="auto"` chooses.
+MIN_DECODER_CAP = 16
+#: `decoder_width` values besides a number: a cap chosen from the body, or fastai's widths.
+DECODER_WIDTHS = ("auto", "full")
 #: Model architectures of the task: a decoder on any body, or the 2015 paper's U-Net.
 ARCHITECTURES = ("dynamic_unet", "unet2015")
 
@@ -56,6 +64,37 @@ def metric_name(class_name: str) -> str:
     """A class name as a metric-column suffix: letters, digits and `_` only (`"road sign"` →
     `"road_sign"`)."""
     return re.sub(r"\W+", "_", str(class_name)).strip("_") or "class"
+
+
+def auto_decoder_width(channels: Sequence[int]) -> int:
+    """The decoder cap `decoder_width="auto"` gives a body whose stages have `channels`: its
+    last (deepest) width rounded down to a power of two, kept within 16..256.
+
+    A body with a narrow last map gets a narrow decoder, every usual body smp's 256. fastai's
+    widths grow with the last width instead (2× at the middle): 78 M decoder parameters on
+    efficientnet_lite0's 3.4 M body, 4.3 M with this cap. The rule is part of what a saved
+    `torso.json` means: a model saved with `"auto"` is rebuilt with the same cap.
+    """
+    deepest = max(int(channels[-1]), 1)
+    return max(MIN_DECODER_CAP, min(DECODER_CAP, 1 << (deepest.bit_length() - 1)))
+
+
+def decoder_width_option(text: str) -> int | str:
+    """argparse type of `--decoder-width`: `auto`, `full` (or `fastai`), or a whole number ≥ 2."""
+    import argparse
+
+    word = text.strip().lower()
+    if word in DECODER_WIDTHS:
+        return word
+    if word == "fastai":
+        return "full"
+    try:
+        value = int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, full or a whole number") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
 
 
 def soft_dice_loss(
@@ -78,19 +117,57 @@ def soft_dice_loss(
     return 1 - dice.mean(dim=-1)
 
 
+class ForegroundDice(Metric):
+    """Dice averaged over the classes after the first (the background), over all pixels of
+    all updates together; void pixels (`ignore_index`) left out, and classes absent from both
+    the truth and the prediction (0 when every foreground class is).
+
+    `update(predictions, targets)` takes class ids of the same shape, e.g. `(N, H, W)`.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        for name in ("overlap", "predicted", "actual"):
+            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        valid = targets != self.ignore_index
+        predicted, actual = predictions[valid].long(), targets[valid].long()
+        count = self.num_classes
+        self.overlap += torch.bincount(actual[predicted == actual], minlength=count)[:count]
+        self.predicted += torch.bincount(predicted, minlength=count)[:count]
+        self.actual += torch.bincount(actual, minlength=count)[:count]
+
+    def compute(self) -> torch.Tensor:
+        total = (self.predicted + self.actual)[1:].double()
+        present = total > 0
+        if not present.any():
+            return torch.tensor(0.0)
+        dice = 2 * self.overlap[1:].double()[present] / total[present]
+        return dice.mean().float()
+
+
 class SegmentTask(Task):
     """Cross-entropy over pixels (void pixels ignored), plus an optional soft Dice term.
 
     Metrics (void pixels left out): `pixel_accuracy`; `dice` (mean over the classes present in
-    the truth or the prediction) and `dice_<class>` per class; `mean_iou` (intersection over
-    union averaged over the classes present, the main metric). Dice and IoU are computed over
-    all validation pixels together, not averaged image by image.
+    the truth or the prediction, the background class included), `dice_foreground` (the same
+    mean over every class but the first, which `codes.txt` lists first and which is taken to
+    be the background; with two classes, the object's Dice) and `dice_<class>` per class (in
+    `metrics.csv` and the report, not on the console: `per_class_metrics`); `mean_iou`
+    (intersection over union averaged over the classes present, the main metric). Dice and IoU
+    are computed over all validation pixels together, not averaged image by image.
 
     Options:
         ignore_index: the mask value of pixels without a class (255).
         dice_weight: weight of the soft Dice loss added to the cross-entropy (0: none).
-        decoder_width: cap on the U-Net decoder's widths (`DynamicUnet(decoder_width=...)`);
-            None keeps fastai's widths.
+        decoder_width: cap on the U-Net decoder's widths (`DynamicUnet(decoder_width=...)`):
+            `"auto"` (default) chooses it from the body (`auto_decoder_width`: smp's 256, less
+            for a narrow body); `"full"` keeps fastai's widths (as `DynamicUnet` does by
+            default; `None`, what runs saved before `"auto"` hold, means the same); or a number.
         self_attention: a self-attention layer in the decoder, as fastai's option.
         architecture: "dynamic_unet" (a U-Net decoder on the backbone's body) or "unet2015"
             (the paper's U-Net, `UNet2015(padding=True)`: its own contracting path instead of
@@ -112,9 +189,11 @@ class SegmentTask(Task):
         ),
         TaskOption(
             "decoder_width",
-            int,
-            None,
-            "cap on the U-Net decoder's widths, e.g. 256 (default: fastai's widths)",
+            decoder_width_option,
+            "auto",
+            "cap on the U-Net decoder's widths: auto (from the body: 256, less for a narrow "
+            "one), full (fastai's widths, a far larger model) or a number such as 128",
+            metavar="auto|full|N",
         ),
         TaskOption(
             "dice_weight", float, 0.0, "weight of a soft Dice loss added to the cross-entropy (0)"
@@ -128,7 +207,7 @@ class SegmentTask(Task):
         self,
         ignore_index: int = 255,
         dice_weight: float = 0.0,
-        decoder_width: int | None = None,
+        decoder_width: int | str | None = "auto",
         self_attention: bool = False,
         architecture: str = "dynamic_unet",
     ) -> None:
@@ -136,18 +215,26 @@ class SegmentTask(Task):
             raise TorsoError(f"ignore_index must be between 0 and 255, got {ignore_index}")
         if not 0 <= dice_weight < float("inf"):
             raise TorsoError(f"dice_weight must be 0 or more, got {dice_weight}")
-        if decoder_width is not None and int(decoder_width) < 2:
-            raise TorsoError(f"decoder_width must be at least 2, got {decoder_width}")
+        if decoder_width is None or decoder_width == "fastai":
+            decoder_width = "full"
+        if isinstance(decoder_width, bool) or not (
+            decoder_width in DECODER_WIDTHS
+            or (isinstance(decoder_width, int) and decoder_width >= 2)
+        ):
+            raise TorsoError(
+                f"decoder_width must be auto, full or a whole number of at least 2, "
+                f"got {decoder_width!r}"
+            )
         if architecture not in ARCHITECTURES:
             raise TorsoError(
                 f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
             )
-        if architecture == "unet2015" and (decoder_width is not None or self_attention):
+        if architecture == "unet2015" and (isinstance(decoder_width, int) or self_attention):
             raise TorsoError("decoder_width and self_attention are options of dynamic_unet")
         super().__init__(
             ignore_index=int(ignore_index),
             dice_weight=float(dice_weight),
-            decoder_width=int(decoder_width) if decoder_width is not None else None,
+            decoder_width=decoder_width,
             self_attention=bool(self_attention),
             architecture=architecture,
         )
@@ -162,15 +249,25 @@ class SegmentTask(Task):
 
     # -- the model ---------------------------------------------------------------------------
     def head_options(self, config: RunConfig) -> dict[str, Any]:
-        """`DynamicUnet` keyword arguments: the config's `head_options` and this task's options."""
+        """`DynamicUnet` keyword arguments: the config's `head_options` and this task's options
+        (a `decoder_width` of `"auto"` is resolved by `decoder_width`, which sees the body)."""
         options = super().head_options(config)
-        if self.options["decoder_width"] is not None:
+        if isinstance(self.options["decoder_width"], int):
             options.setdefault("decoder_width", self.options["decoder_width"])
         if self.options["self_attention"]:
             options.setdefault("self_attention", True)
         if isinstance(options.get("y_range"), list):
             options["y_range"] = tuple(options["y_range"])
         return options
+
+    def decoder_width(self, config: RunConfig, channels: Sequence[int]) -> int | None:
+        """The cap on the decoder's widths for a body whose stages have `channels`: the
+        config's or the task's number, `auto_decoder_width(channels)` for `"auto"`, None
+        (fastai's widths) for `"full"`."""
+        given = self.head_options(config).get("decoder_width", self.options["decoder_width"])
+        if given == "auto":
+            return auto_decoder_width(channels)
+        return None if given in (None, "full") else int(given)
 
     def build_model(self, config: RunConfig, *, pretrained: bool | str = False) -> nn.Module:
         """`DynamicUnet(create_body(backbone), num_outputs, ...)` from the run's config, or
@@ -184,23 +281,30 @@ class SegmentTask(Task):
                 raise TorsoError("UNet2015 has no pretrained weights: train it from random ones")
             return UNet2015(config.in_channels, config.num_outputs, padding=True)
         body = create_body(config.backbone, pretrained=pretrained, in_channels=config.in_channels)
-        return DynamicUnet(body, config.num_outputs, **self.head_options(config))
+        options = self.head_options(config)
+        options["decoder_width"] = self.decoder_width(config, body.channels)
+        return DynamicUnet(body, config.num_outputs, **options)
 
     def summary_notes(self, config: RunConfig, model: nn.Module) -> list[str]:
-        """For a DynamicUnet: its parameters with the decoder capped at 256 (smp's widths) when
-        uncapped, or with fastai's widths when capped, so both sizes are in view."""
+        """For a DynamicUnet: its parameters next to those of the same U-Net with fastai's
+        widths (`--decoder-width full`) when capped, or with the automatic cap when not."""
         from torso.models.segmentation import DynamicUnet
 
         if not isinstance(model, DynamicUnet):
             return []
-        capped = self.head_options(config).get("decoder_width") is not None
-        other = DynamicUnet(
-            model.body, config.num_outputs, decoder_width=None if capped else DECODER_CAP
-        )
+        cap = self.decoder_width(config, model.body.channels)
+        other_cap = None if cap is not None else auto_decoder_width(model.body.channels)
+        options = {**self.head_options(config), "decoder_width": other_cap}
+        other = DynamicUnet(model.body, config.num_outputs, **options)
         total = sum(p.numel() for p in other.parameters())
         this = sum(p.numel() for p in model.parameters())
-        label = "uncapped (fastai's widths)" if capped else f"capped at {DECODER_CAP}"
-        return [f"The same U-Net with decoder widths {label}: {total:,} parameters ({this:,} here)"]
+        here = "fastai's widths" if cap is None else f"decoder capped at {cap}"
+        label = (
+            "fastai's widths (--decoder-width full)"
+            if cap is not None
+            else f"the decoder capped at {other_cap} (--decoder-width auto)"
+        )
+        return [f"The same U-Net with {label}: {total:,} parameters ({this:,} here, {here})"]
 
     # -- training ----------------------------------------------------------------------------
     def loss(
@@ -240,14 +344,32 @@ class SegmentTask(Task):
         metrics: dict[str, Metric] = {
             "pixel_accuracy": MulticlassAccuracy(average="micro", **common),
             "dice": MulticlassF1Score(average="macro", **common),
-            "mean_iou": MulticlassJaccardIndex(average="macro", **common),
         }
-        for index, class_name in enumerate(names[:num_classes]):
-            key = f"dice_{metric_name(class_name)}"
-            if key in metrics:
-                key = f"{key}_{index}"
+        if num_classes > 1:
+            metrics["dice_foreground"] = ForegroundDice(num_classes, ignore_index)
+        metrics["mean_iou"] = MulticlassJaccardIndex(average="macro", **common)
+        for key, index in self._class_metric_keys(config):
             metrics[key] = MulticlassF1Score(average="none", **common)[index]
         return metrics
+
+    def per_class_metrics(self, config: RunConfig | Mapping[str, Any]) -> list[str]:
+        """The `dice_<class>` columns."""
+        return [key for key, _ in self._class_metric_keys(config)]
+
+    @staticmethod
+    def _class_metric_keys(config: RunConfig | Mapping[str, Any]) -> list[tuple[str, int]]:
+        """`(dice_<class>, class id)` for each class; a name that would repeat another column
+        gets its id appended (`dice_foreground_1` for a class named "foreground")."""
+        num_classes, names = output_names(config)
+        taken = {"dice", "dice_foreground"}
+        keys = []
+        for index, class_name in enumerate(names[:num_classes]):
+            key = f"dice_{metric_name(class_name)}"
+            if key in taken:
+                key = f"{key}_{index}"
+            taken.add(key)
+            keys.append((key, index))
+        return keys
 
     def metric_inputs(
         self, outputs: torch.Tensor, targets: torch.Tensor
@@ -267,17 +389,19 @@ class SegmentTask(Task):
     def describe(
         self, activations: torch.Tensor, classes: list[str] | None
     ) -> list[dict[str, Any]]:
-        """The share of the image's pixels given to each class: `{"<class>": 0.71, ...}`."""
+        """The mask of each image at the activations' size, as `mask_record` gives it."""
         num_classes = activations.shape[1]
         names = classes or [str(index) for index in range(num_classes)]
-        records = []
-        for mask in self.decode(activations):
-            counts = torch.bincount(mask.reshape(-1), minlength=num_classes).double()
-            shares = counts / max(mask.numel(), 1)
-            records.append(
-                {name: round(float(share), 6) for name, share in zip(names, shares, strict=True)}
-            )
-        return records
+        return [mask_record(mask, names) for mask in self.decode(activations)]
+
+    def predict_records(
+        self, predictor: Predictor, images: Any, *, tta: bool = False, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`Predictor.predict`: each image's mask at the image's own size (`predict_masks`),
+        as `mask_record` gives it."""
+        names = predictor.config.class_names()
+        masks = predict_masks(predictor, _image_list(images), tta=tta, batch_size=batch_size)
+        return [mask_record(mask, names) for mask in masks]
 
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         """Per-pixel probabilities of a mirrored image, mirrored back: `(N, K, H, W)`."""
@@ -371,6 +495,47 @@ class SegmentTask(Task):
         return [figure]
 
 
+def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """A predicted mask for people and code: `{"mask": uint8 ndarray (H, W) of class ids (255
+    where the model did not see the image: `resize="crop"`'s cut-off sides), "classes": the
+    class names, whose positions are the ids, "shares": {class name: share of the pixels}}`
+    (shares of the pixels that have a class, rounded to 6 digits)."""
+    values = mask.to(torch.uint8).numpy()
+    counts = np.bincount(values.reshape(-1), minlength=256)[: len(classes)]
+    total = max(int(counts.sum()), 1)
+    shares = {
+        name: round(float(count) / total, 6) for name, count in zip(classes, counts, strict=True)
+    }
+    return {"mask": values, "classes": list(classes), "shares": shares}
+
+
+def _image_list(images: Any) -> list[Any]:
+    """What `prepare_images` takes (one image, a list of them, a batch tensor) as a list."""
+    from torso.data.prepare import ImageInput
+
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, ImageInput):
+        return [images]
+    return list(images)
+
+
+def _decoded(image: Any, in_channels: int) -> tuple[Any, tuple[int, int]]:
+    """An image to prepare (a file is read once here) and its own `(height, width)`."""
+    from PIL import Image
+
+    from torso.data.decode import read_image
+
+    if isinstance(image, str | os.PathLike):
+        image = read_image(Path(image), in_channels)
+    if isinstance(image, Image.Image):
+        return image, (image.height, image.width)
+    if isinstance(image, np.ndarray | torch.Tensor) and image.ndim >= 2:
+        shape = image.shape[:2] if isinstance(image, np.ndarray) else image.shape[-2:]
+        return image, (int(shape[0]), int(shape[1]))
+    return image, (0, 0)  # not an image: prepare_images says what is wrong with it
+
+
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
     """File stems for the outputs, made unique when two inputs share one (`a/x.png`, `b/x.png`)."""
     seen: dict[str, int] = {}
@@ -421,15 +586,15 @@ def predict_masks(
     tta: bool = False,
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
-    """The predicted class mask of each image file, uint8 `(H, W)` at the file's own size.
+    """The predicted class mask of each image, uint8 `(H, W)` at the image's own size.
 
-    predictor: a segmentation run's `torso.predictor.Predictor` (`torso.load(run)`). Each image
-    is read and resized as validation does (`torso.data.prepare.prepare_images`); the predicted
+    predictor: a segmentation run's `torso.predictor.Predictor` (`torso.load(run)`); paths:
+    image files, or anything else `prepare_images` takes, one image each. Each image is read
+    and resized as validation does (`torso.data.prepare.prepare_images`); the predicted
     mask is resized back to the image's size (nearest). With `tta` the class probabilities are
     averaged with those of the mirrored image. A file that cannot be read raises `TorsoError`
     naming it.
     """
-    from torso.data.decode import read_image
     from torso.data.prepare import prepare_images
 
     config = predictor.config
@@ -437,11 +602,12 @@ def predict_masks(
     masks: list[torch.Tensor] = []
     for start in range(0, len(paths), batch_size):
         decoded = [
-            read_image(Path(path), config.in_channels) for path in paths[start : start + batch_size]
+            _decoded(image, config.in_channels) for image in paths[start : start + batch_size]
         ]
-        batch = prepare_images(config, decoded)
+        batch = prepare_images(config, [image for image, _ in decoded])
         probabilities = predictor.activations(batch, tta=tta, batch_size=batch_size)
-        for predicted, image in zip(probabilities.argmax(dim=1), decoded, strict=True):
-            height, width = image.shape[-2:]
+        for predicted, (_, (height, width)) in zip(
+            probabilities.argmax(dim=1), decoded, strict=True
+        ):
             masks.append(_original_size_mask(predicted, height, width, config.resize, ignore_index))
     return masks

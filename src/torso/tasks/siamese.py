@@ -109,6 +109,16 @@ class SiameseTask(Task):
             )
         return records
 
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """The predicted probability of "same" for the validation pairs that are the same and
+        for those that are different, as two histograms (`pair_probabilities.png`)."""
+        from torso import plots
+
+        predictions = predictor.get_preds(loader)
+        same_probabilities = predictions["activations"][:, 1]
+        path = folder / "pair_probabilities.png"
+        return [plots.plot_pair_histogram(same_probabilities, predictions["targets"], path)]
+
     def predict_files(
         self,
         predictor: Predictor,

@@ -1,13 +1,17 @@
 """Progress display: epoch, batch, loss, metrics and time left.
 
 On a terminal it draws a rich progress bar per epoch and a table row per finished epoch; when
-the output is a file or a pipe (logs, CI) it prints one plain line per epoch instead.
+the output is a file or a pipe (logs, CI) it prints one plain line per epoch instead. An epoch
+that trains only the head (the first of `fine_tune`) says so: `epoch 1/4 (head only)`. The
+task's per-class columns (`Task.per_class_metrics`, e.g. Dice per class) stay in `metrics.csv`,
+so an epoch is one line however many classes there are.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from typing import IO, TYPE_CHECKING
 
 from torso.train.callbacks.base import Callback
@@ -24,11 +28,12 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-def format_row(row: dict[str, float]) -> str:
-    """An epoch's row as `epoch 2/5  train_loss 0.4123  ...` on one line."""
+def format_row(row: dict[str, float], hidden: Collection[str] = ()) -> str:
+    """An epoch's row as `train_loss 0.4123  valid_loss ...  lr 1.00e-03  time 0:12` on one
+    line, without `epoch` and the columns in `hidden`."""
     parts = []
     for key, value in row.items():
-        if key == "epoch":
+        if key == "epoch" or key in hidden:
             continue
         if key == "time":
             parts.append(f"time {format_seconds(value)}")
@@ -37,6 +42,23 @@ def format_row(row: dict[str, float]) -> str:
         else:
             parts.append(f"{key} {value:.4f}")
     return "  ".join(parts)
+
+
+def frozen_label(learner: Learner) -> str:
+    """`" (head only)"` while only the last parameter group trains, `" (groups 3+ train)"`
+    while a later group than the first is the first to train, else `""`."""
+    first, count = getattr(learner, "frozen_to", 0), len(getattr(learner, "groups", ()))
+    if first <= 0 or count < 2:
+        return ""
+    return " (head only)" if first >= count - 1 else f" (groups {first + 1}+ train)"
+
+
+def hidden_metrics(learner: Learner) -> set[str]:
+    """The task's per-class metric columns (`Task.per_class_metrics`), left out of the line."""
+    task, config = getattr(learner, "task", None), getattr(learner, "config", None)
+    if task is None or config is None:
+        return set()
+    return set(task.per_class_metrics(config))
 
 
 class Progress(Callback):
@@ -56,6 +78,8 @@ class Progress(Callback):
         self._started = 0.0
         self._shown = 0.0
         self._epochs_done_here = 0
+        self._hidden: set[str] = set()
+        self._frozen = ""
 
     def _output(self) -> IO[str]:
         return self.stream or sys.stdout
@@ -66,6 +90,7 @@ class Progress(Callback):
             use_rich = getattr(self._output(), "isatty", lambda: False)()
         self._started = time.perf_counter()
         self._epochs_done_here = 0
+        self._hidden = hidden_metrics(learner)
         if use_rich:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -84,8 +109,9 @@ class Progress(Callback):
             self._progress.start()
 
     def before_epoch(self, learner: Learner) -> None:
+        self._frozen = frozen_label(learner)
         if self._progress is not None:
-            description = f"epoch {learner.epoch + 1}/{learner.total_epochs}"
+            description = f"epoch {learner.epoch + 1}/{learner.total_epochs}{self._frozen}"
             if self._task_id is not None:
                 self._progress.remove_task(self._task_id)
             self._task_id = self._progress.add_task(
@@ -109,9 +135,14 @@ class Progress(Callback):
         remaining = learner.total_epochs - learner.epoch - 1
         elapsed = time.perf_counter() - self._started
         left = elapsed / self._epochs_done_here * remaining
-        line = f"epoch {int(row['epoch'])}/{learner.total_epochs}  {format_row(row)}"
+        line = (
+            f"epoch {int(row['epoch'])}/{learner.total_epochs}{self._frozen}  "
+            f"{format_row(row, self._hidden)}"
+        )
         if remaining > 0:
             line += f"  left {format_seconds(left)}"
+        if self._hidden and self._epochs_done_here == 1:
+            line += f"\n  ({len(self._hidden)} per-class columns in metrics.csv)"
         if self._progress is not None:
             self._progress.console.print(line)
         else:
