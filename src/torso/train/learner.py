@@ -30,7 +30,7 @@ from torso.errors import TorsoError
 from torso.models import freeze_to as freeze_model_to
 from torso.models import set_frozen_norm_eval
 from torso.tasks.base import Task
-from torso.train import optimizer, state
+from torso.train import finite, optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
 from torso.train.evaluation import batch_size, batches_in, evaluate
 from torso.train.parallel import Parallel
@@ -90,8 +90,8 @@ class Learner:
     ) -> None:
         if accumulate < 1:
             raise TorsoError(f"accumulate must be at least 1, got {accumulate}")
-        if weight_decay < 0:
-            raise TorsoError(f"weight_decay must not be negative, got {weight_decay}")
+        if not 0 <= weight_decay < math.inf:
+            raise TorsoError(f"weight_decay must be a finite number, 0 or more, got {weight_decay}")
         # Under torchrun this joins the process group and picks this process's GPU.
         self.device = distributed.setup(device)
         distributed.check_loader_is_sharded(train, "training")
@@ -292,11 +292,10 @@ class Learner:
         self.batch_index = self.num_batches
         loss_total, count = distributed.sum_across([float(loss_sum), count])
         train_loss = loss_total / max(count, 1)
-        if not math.isfinite(train_loss):
-            raise TorsoError(
-                f"the training loss became {train_loss} in epoch {self.epoch + 1}: "
-                "the learning rate is probably too high"
-            )
+        # Before validation, callbacks and the saved state see them: the state on disk stays
+        # that of the last good epoch.
+        finite.check_loss(train_loss, self.epoch + 1)
+        finite.check_weights(self.model, f"in epoch {self.epoch + 1}")
         return train_loss
 
     def _one_batch(self, x: Any, y: Any) -> None:
@@ -369,6 +368,7 @@ class Learner:
             return Path(folder)
         if self.config is None:
             raise TorsoError("cannot save a loadable model: this Learner was given no config")
+        finite.check_weights(self.model, f"so no model is saved to '{folder}'")
         return checkpoint.save_model(self.model, self.config, folder)
 
     def save_state(self, path: str | os.PathLike) -> None:
