@@ -4,6 +4,12 @@ The run folder (`--out`, default `runs/<data folder name>`) receives `model.safe
 `torso.json` (the final model), `best/` (the best epoch's model), `state.safetensors` (for
 `--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
 
+A folder that holds a run already is refused unless `--resume` or `--overwrite`; the process
+holds an exclusive lock on the folder while it trains (`torso.train.run_folder`), and
+`train_args.json` is written when the first epoch ends, so that a run that fails earlier leaves
+no folder that looks like a run. `--resume` keeps the run's settings (`RESUME_MAY_CHANGE` may
+differ) and refuses others.
+
 Under `torchrun --nproc-per-node N -m torso train ...` the same command trains with
 DistributedDataParallel (see `torso.distributed`): `--batch-size` is per process (the
 global batch is N times larger), only the main process writes the run folder and prints, and
