@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,13 +71,29 @@ def test_an_existing_run_is_refused_and_overwrite_replaces_it(data, tmp_path, ca
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
 
 
+HOLD = """
+import sys, time
+from torso.train.run_folder import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
 def test_a_second_writer_gets_the_holders_pid(data, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    with RunLock(run):  # another `torso train` holds the folder
+    holder = subprocess.Popen(  # another process holds the folder, as a `torso train` would
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         code, error = run_cli(["train", data, *TINY, "--epochs", "1", "--out", run], capsys)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
     assert code == 2 and len(error) == 1
-    assert f"in use by another torso process (pid {os.getpid()})" in error[0]
+    assert f"in use by another torso process (pid {holder.pid})" in error[0]
     assert not (run / "model.safetensors").exists()
     # Once the holder is gone the folder is free (it holds no run yet).
     assert run_cli(["train", data, *TINY, "--epochs", "1", "--out", run], capsys)[0] == 0
@@ -183,7 +201,7 @@ def test_resume_refuses_other_epochs_lr_or_size(finished_run, data, capsys):
         code, error = run_cli(["train", data, "--resume", finished_run, *options], capsys)
         assert code == 2 and len(error) == 1, error
         assert "cannot resume" in error[0] and shown in error[0]
-        assert "keeps all its options but --data, --quiet, --device, --workers" in error[0]
+        assert "keeps all its options but DATA, --quiet, --device, --workers" in error[0]
     assert (finished_run / "model.safetensors").read_bytes() == before
 
 

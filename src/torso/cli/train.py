@@ -39,6 +39,7 @@ DEFAULT_BACKBONE = "resnet18"
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
 RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers")
+MAY_CHANGE_TEXT = "DATA, --quiet, --device, --workers"
 # Not saved with a run's arguments: how this command was started, not what the run is.
 NOT_STORED = ("_run", "command", "resume", "overwrite")
 
@@ -186,8 +187,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         metavar="RUN",
         help="continue the killed run in RUN (or in --out) from its last finished epoch, with "
-        f"the run's own settings: only {', '.join('--' + k for k in RESUME_MAY_CHANGE)} may "
-        "differ (another --epochs, --lr, --size ... is refused)",
+        f"the run's own settings: only {MAY_CHANGE_TEXT} may differ (another --epochs, --lr, "
+        "--size ... is refused)",
     )
     return parser
 
@@ -460,10 +461,10 @@ def resumed_arguments(args: argparse.Namespace, out: Path) -> argparse.Namespace
         and value != stored[key]
     ]
     if changed:
-        keeps = ", ".join("--" + key for key in RESUME_MAY_CHANGE)
         raise TorsoError(
             f"cannot resume '{out}' with other settings: {'; '.join(changed)}; a resumed run "
-            f"keeps all its options but {keeps} (start a new run with another --out instead)"
+            f"keeps all its options but {MAY_CHANGE_TEXT} (start a new run with another --out "
+            "instead)"
         )
     current = {key: getattr(args, key) for key in RESUME_MAY_CHANGE}
     return argparse.Namespace(**{**vars(args), **stored, **current, "resume": str(out)})
