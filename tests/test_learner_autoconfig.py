@@ -69,3 +69,19 @@ def test_a_model_the_config_cannot_rebuild_is_not_saved(tmp_path):
     with pytest.raises(TorsoError, match="not what create_model\\('test_resnet', 2\\) builds"):
         learner.save_model(tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+class NamedTensors(TensorDataset):
+    classes = ["cat", "dog"]  # as torchvision's ImageFolder names its classes
+
+
+def test_class_names_come_from_a_loaders_dataset(tmp_path):
+    images, labels = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
+    train = DataLoader(NamedTensors(images, labels), batch_size=4)
+    model = torso.create_model("test_resnet", num_outputs=2)
+    learner = Learner(model, train, task=get_task("classify"), device="cpu")
+    learner.fit(1, 1e-3)
+    assert learner.config.classes == ("cat", "dog")
+    learner.save_model(tmp_path / "model")
+    [record] = torso.load(tmp_path / "model").predict(torch.rand(3, 16, 16))
+    assert record["prediction"] in {"cat", "dog"}

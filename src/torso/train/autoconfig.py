@@ -8,8 +8,8 @@ What it takes and from where:
   classes);
 - size, in_channels: the first training batch (`(N, C, H, W)` images);
 - classes, resize: the data when it says them (`torso.data.load_data`'s `DataLoaders`, given to
-  the Learner as its training data), else none (predictions are named "0", "1", ...) and
-  "squish".
+  the Learner as its training data, or a loader whose dataset has `classes`), else none
+  (predictions are named "0", "1", ...) and "squish".
 
 `torso.data.load_data`'s `DataLoaders` gives everything but the model's facts before training;
 plain loaders give the rest with their first batch. A model that the config cannot rebuild
@@ -33,7 +33,12 @@ def data_facts(data: Any) -> dict[str, Any]:
     """What `data` (a `DataLoaders` or a loader) says about the run: classes, size, channels,
     resize; only what it has."""
     facts: dict[str, Any] = {}
-    classes = getattr(data, "classes", None) or getattr(data, "target_names", None)
+    dataset = getattr(data, "dataset", None)  # a loader over e.g. torchvision's ImageFolder
+    classes = (
+        getattr(data, "classes", None)
+        or getattr(data, "target_names", None)
+        or getattr(dataset, "classes", None)
+    )
     if classes is not None:
         facts["classes"] = list(classes)
     for name in ("size", "in_channels", "resize", "num_outputs"):
