@@ -56,6 +56,13 @@ def check_models(ns):
 def check_learner(ns):
     row = ns["learner"].history[-1]
     assert {"train_loss", "valid_loss", "accuracy"} <= set(row) and row["epoch"] == 1
+    assert Path("runs/photos/model.safetensors").is_file()
+    assert Path("runs/photos/torso.json").is_file()
+    config = ns["predictor"].config
+    assert config.classes == ("green", "red") and config.backbone == "test_resnet"
+    assert config.size == (32, 32)
+    [record] = ns["predictor"].predict(["photos/red/0.jpg"])
+    assert record["prediction"] in {"red", "green"}
 
 
 def check_segmentation(ns):

@@ -113,7 +113,7 @@ def setup(
     global _timeout_seconds
     if timeout <= 0:
         raise TorsoError(f"the distributed timeout must be more than 0 seconds, got {timeout}")
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = check_device(device)
     if not launched_by_torchrun():
         return chosen
     if chosen.type == "cuda":
@@ -143,6 +143,32 @@ def setup(
         ) from None
     _timeout_seconds = float(timeout)
     atexit.register(cleanup)
+    return chosen
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a `torch.device` (None: CUDA when available, else the CPU); an unknown name
+    or a GPU this machine does not have is a `TorsoError` naming it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TorsoError(
+            f"device '{device}' is not a device name: use cpu, cuda, cuda:1, mps ..."
+        ) from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise TorsoError(
+            f"device '{device}': CUDA is not available on this machine (no GPU, or torch was "
+            "built without CUDA); use --device cpu"
+        )
+    if chosen.type == "cuda" and chosen.index is not None and not launched_by_torchrun():
+        if chosen.index >= torch.cuda.device_count():
+            raise TorsoError(
+                f"device '{device}': this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise TorsoError(f"device '{device}': Apple's MPS is not available on this machine")
     return chosen
 
 

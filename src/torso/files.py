@@ -9,6 +9,7 @@ use their own temporary file, and a reader sees either the old file or the new o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -26,7 +27,8 @@ from torso.errors import TorsoError
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` (text is UTF-8) to `path` atomically; returns the path.
 
-    A folder that cannot be created or written is a `TorsoError` naming it.
+    A folder that cannot be created or written, or a full disk, is a `TorsoError` naming the
+    folder (and, for a full disk, the space the file needs).
     """
     path = Path(path)
     if isinstance(data, str):
@@ -49,11 +51,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TorsoError(
+                f"the disk of '{path.parent}' is full: writing '{path.name}' needs "
+                f"{_megabytes(len(data))} free; make space there or choose another folder"
+            ) from None
         raise TorsoError(f"cannot write '{path}': {error.strerror or error}") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count} bytes"
 
 
 # -- safetensors ----------------------------------------------------------------------------

@@ -4,6 +4,12 @@ The run folder (`--out`, default `runs/<data folder name>`) receives `model.safe
 `torso.json` (the final model), `best/` (the best epoch's model), `state.safetensors` (for
 `--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
 
+A folder that holds a run already is refused unless `--resume` or `--overwrite`; the process
+holds an exclusive lock on the folder while it trains (`torso.train.run_folder`), and
+`train_args.json` is written when the first epoch ends, so that a run that fails earlier leaves
+no folder that looks like a run. `--resume` keeps the run's settings (`RESUME_MAY_CHANGE` may
+differ) and refuses others.
+
 Under `torchrun --nproc-per-node N -m torso train ...` the same command trains with
 DistributedDataParallel (see `torso.distributed`): `--batch-size` is per process (the
 global batch is N times larger), only the main process writes the run folder and prints, and
@@ -27,9 +33,15 @@ from torso.cli.options import (
     pretrained_choice,
 )
 from torso.errors import TorsoError
+from torso.numbers import image_size, non_negative_float, non_negative_int
 
 DEFAULT_BACKBONE = "resnet18"
 ARGS_FILE = "train_args.json"
+# What a resumed run may take from the new command line; every other option is the run's own.
+RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers")
+MAY_CHANGE_TEXT = "DATA, --quiet, --device, --workers"
+# Not saved with a run's arguments: how this command was started, not what the run is.
+NOT_STORED = ("_run", "command", "resume", "overwrite")
 
 
 # -- argument types: a bad value is one line and exit 2 ---------------------------------------
@@ -53,7 +65,9 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         pretrained="start from the backbone's pretrained weights (fine-tune: head first, then all)",
         weights="start from pretrained weights in a local file (safetensors or weights-only torch)",
     )
-    parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (224)")
+    parser.add_argument(
+        "--size", type=image_size, default=224, help="image size in pixels, 8 to 16384 (224)"
+    )
     parser.add_argument(
         "--batch-size",
         type=positive_int,
@@ -70,7 +84,9 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.2,
         help="fraction held out for validation when DATA has no valid/ folder (0.2)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="loader processes (auto)")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=None, help="loader processes (auto)"
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -121,11 +137,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--freeze-epochs",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="fine-tuning: epochs training the head only (1)",
     )
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    parser.add_argument(
+        "--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (0.01)"
+    )
     parser.add_argument(
         "--accumulate",
         type=positive_int,
@@ -152,14 +170,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="stop after this many epochs without improvement",
     )
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
-    parser.add_argument("--out", help="run folder (default runs/<data folder name>)")
+    parser.add_argument(
+        "--out",
+        help="run folder (default runs/<data folder name>); a folder that holds a run already "
+        "is refused unless --resume or --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (its model, state, metrics, plots and report go first)",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
         const=True,
         default=None,
         metavar="RUN",
-        help="continue the killed run in RUN (or in --out) from its last finished epoch",
+        help="continue the killed run in RUN (or in --out) from its last finished epoch, with "
+        f"the run's own settings: only {MAY_CHANGE_TEXT} may differ (another --epochs, --lr, "
+        "--size ... is refused)",
     )
     return parser
 
@@ -176,6 +205,50 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
     check_backbone_name(args.backbone)
+    check_batch_memory(args.batch_size, args.in_channels, args.size, args.device)
+
+
+# Training keeps every layer's activations for the backward pass: measured on a CPU, one step
+# of resnet18 at 224 pixels took 61 times the memory of its float32 input batch, resnet50 173.
+ACTIVATION_FACTOR = 50
+
+
+def check_batch_memory(batch_size: int, channels: int, size: int, device: str | None) -> None:
+    """Refuse, before anything is allocated, a batch whose training step cannot fit: its
+    float32 images (batch x channels x size^2 x 4 bytes) times `ACTIVATION_FACTOR`, against the
+    free memory of the device (a GPU's, or the machine's for the CPU)."""
+    needed = batch_size * channels * size * size * 4 * ACTIVATION_FACTOR
+    available, where = available_memory(device)
+    if available is not None and needed > available:
+        raise TorsoError(
+            f"--size {size} with --batch-size {batch_size} needs about {needed / 1e9:.1f} GB for "
+            f"one training step but {where} has {available / 1e9:.1f} GB free: lower --size or "
+            "--batch-size"
+        )
+
+
+def available_memory(device: str | None) -> tuple[int | None, str]:
+    """(free bytes, a name for the place) of `device`'s memory; None when unknown."""
+    import torch
+
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        return None, str(device)
+    if chosen.type == "cuda" and torch.cuda.is_available():
+        index = chosen.index if chosen.index is not None else torch.cuda.current_device()
+        return torch.cuda.mem_get_info(index)[0], f"GPU {index}"
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "this machine"
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
+    except (ValueError, OSError, AttributeError):
+        return None, "this machine"
 
 
 def load_training_data(args: argparse.Namespace):
@@ -325,43 +398,95 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from torso import distributed
-    from torso.tasks import get_task
-    from torso.train.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
-    from torso.train.learner import set_seed
+    from torso.train.run_folder import RunLock, clear_run, is_run_folder, remove_temporary_files
 
     if args.resume is not None:
-        if args.resume is True and not args.out:
-            raise TorsoError("--resume needs the run folder: --resume RUN or --out RUN")
-        out = Path(args.out if args.resume is True else args.resume)
-        saved = out / ARGS_FILE
-        if not saved.exists():
-            raise TorsoError(f"cannot resume: '{out}' has no {ARGS_FILE} (not a torso run folder)")
-        try:
-            stored = json.loads(saved.read_text())
-        except json.JSONDecodeError:
-            raise TorsoError(f"cannot resume: '{saved}' is damaged") from None
-        # The run's settings come from the run; where the data lies and how to show progress
-        # come from this command.
-        current = {key: getattr(args, key) for key in ("data", "quiet", "device", "workers")}
-        args = argparse.Namespace(**{**vars(args), **stored, **current})
-        args.resume = str(out)
+        out = resumed_folder(args)
+        args = resumed_arguments(args, out)
     else:
         out = Path(args.out) if args.out else default_run_folder(args.data)
         # Every process must use the folder the main process chose (it creates it).
         out = Path(distributed.broadcast_from_main(str(out)))
     main_process = distributed.is_main_process()
     check_inputs(args)
-    if args.freeze_epochs < 0:
-        raise TorsoError(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
-    if args.weight_decay < 0:
-        raise TorsoError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
-    if main_process:
-        check_writable(out)
+    if not main_process:
+        return _train_in(args, out)
+    check_writable(out)
+    # One writer a run folder: a second `torso train` on it stops here, naming this pid.
+    with RunLock(out):
+        if args.resume:
+            remove_temporary_files(out)  # a killed process's; the lock says none is writing
+        elif is_run_folder(out):
+            if not args.overwrite:
+                raise TorsoError(
+                    f"'{out}' holds a torso run already: --resume {out} continues it, "
+                    "--overwrite replaces it, or choose another --out"
+                )
+            clear_run(out)
+        return _train_in(args, out)
+
+
+def resumed_folder(args: argparse.Namespace) -> Path:
+    """The run folder that `--resume` names (`--resume RUN`, or `--resume --out RUN`)."""
+    if args.overwrite:
+        raise TorsoError("--resume continues a run and --overwrite replaces it: give one")
+    if args.resume is True and not args.out:
+        raise TorsoError("--resume needs the run folder: --resume RUN or --out RUN")
+    out = Path(args.out if args.resume is True else args.resume)
+    if not out.is_dir():
+        raise TorsoError(f"cannot resume: run folder '{out}' does not exist")
+    if not (out / ARGS_FILE).exists():
+        raise TorsoError(f"cannot resume: '{out}' has no {ARGS_FILE} (not a torso run folder)")
+    return out
+
+
+def resumed_arguments(args: argparse.Namespace, out: Path) -> argparse.Namespace:
+    """The run's own arguments from `out/train_args.json`, with `RESUME_MAY_CHANGE` taken from
+    this command. An option that this command sets to another value than the run's is refused
+    (a resumed run continues its own schedule: more epochs, another rate or size would be a
+    different run)."""
+    saved = out / ARGS_FILE
+    try:
+        stored = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TorsoError(f"cannot resume: '{saved}' is damaged") from None
+    defaults = _defaults(args.data)
+    changed = [
+        f"--{key.replace('_', '-')} {value} (the run's: {stored[key]})"
+        for key, value in vars(args).items()
+        if key in stored
+        and key not in RESUME_MAY_CHANGE
+        and key != "out"
+        and value != defaults.get(key)
+        and value != stored[key]
+    ]
+    if changed:
+        raise TorsoError(
+            f"cannot resume '{out}' with other settings: {'; '.join(changed)}; a resumed run "
+            f"keeps all its options but {MAY_CHANGE_TEXT} (start a new run with another --out "
+            "instead)"
+        )
+    current = {key: getattr(args, key) for key in RESUME_MAY_CHANGE}
+    return argparse.Namespace(**{**vars(args), **stored, **current, "resume": str(out)})
+
+
+def _defaults(data: str) -> dict:
+    """`torso train DATA`'s default arguments."""
+    parser = argparse.ArgumentParser()
+    return vars(add_parser(parser.add_subparsers()).parse_args([data]))
+
+
+def _train_in(args: argparse.Namespace, out: Path) -> int:
+    from torso import distributed
+    from torso.tasks import get_task
+    from torso.train.callbacks import CSVLog, EarlyStopping, Progress, SaveBest, TensorBoard
+    from torso.train.callbacks.save_arguments import SaveArguments
+    from torso.train.finite import NonFiniteError
+    from torso.train.learner import set_seed
+
+    main_process = distributed.is_main_process()
     task = get_task(args.task, **chosen_task_options(args))
     pretrained = False if args.resume else pretrained_choice(args)
-    if args.resume is None and main_process:
-        stored = {k: v for k, v in vars(args).items() if k not in ("_run", "command", "resume")}
-        (out / ARGS_FILE).write_text(json.dumps(stored, indent=2) + "\n")
 
     set_seed(args.seed)
     dls = load_training_data(args)
@@ -373,6 +498,9 @@ def _train(args: argparse.Namespace) -> int:
             callbacks.append(EarlyStopping(patience=args.patience))
     if args.tensorboard:
         callbacks.append(TensorBoard())
+    if not args.resume:  # last, so that the other callbacks' saved state keeps its keys
+        stored = {k: v for k, v in vars(args).items() if k not in NOT_STORED}
+        callbacks.append(SaveArguments(out / ARGS_FILE, stored))
     learner = build_learner(args, dls, task, pretrained=pretrained, out=out, callbacks=callbacks)
     if not args.quiet and main_process:
         print(dls.describe(), flush=True)
@@ -384,28 +512,14 @@ def _train(args: argparse.Namespace) -> int:
             )
 
     lr_curve = None
-    if args.resume:
-        learner.resume()
-    else:
-        lr = args.lr
-        if args.lr_find:
-            # Every process runs the finder on its share, in step (the loss is averaged across
-            # processes); fine-tuning starts with the body frozen: the rate for that first step.
-            from torso.train.lr_find import find_learning_rate
-
-            lr_curve = find_learning_rate(
-                learner,
-                fine_tune=bool(pretrained),
-                plot=out / "lr_find.png" if main_process else None,
-                quiet=args.quiet,
-            )
-            lr = distributed.broadcast_from_main(lr_curve.suggestion)
-            if not args.quiet and main_process:
-                print(f"lr_find suggests {lr:.2e}", flush=True)
-        if pretrained:
-            learner.fine_tune(args.epochs, lr or 2e-3, freeze_epochs=args.freeze_epochs)
+    try:
+        if args.resume:
+            learner.resume()
         else:
-            learner.fit_one_cycle(args.epochs, lr or 1e-3)
+            lr_curve = _fit(args, learner, pretrained, out)
+    except NonFiniteError as error:
+        kept = keep_last_good_model(learner, out) if main_process else ""
+        raise NonFiniteError(f"{error}; {kept}" if kept else str(error)) from None
     learner.save_model(out)
     if not main_process:
         return 0
@@ -421,3 +535,45 @@ def _train(args: argparse.Namespace) -> int:
     print(f"saved model to {out}  {shown}", flush=True)
     print(f"report: {report}", flush=True)
     return 0
+
+
+def _fit(args: argparse.Namespace, learner, pretrained, out: Path):
+    """Train a new run (after the learning-rate finder with --lr-find); returns its curve."""
+    from torso import distributed
+
+    lr, lr_curve = args.lr, None
+    if args.lr_find:
+        # Every process runs the finder on its share, in step (the loss is averaged across
+        # processes); fine-tuning starts with the body frozen: the rate for that first step.
+        from torso.train.lr_find import find_learning_rate
+
+        main_process = distributed.is_main_process()
+        lr_curve = find_learning_rate(
+            learner,
+            fine_tune=bool(pretrained),
+            plot=out / "lr_find.png" if main_process else None,
+            quiet=args.quiet,
+        )
+        lr = distributed.broadcast_from_main(lr_curve.suggestion)
+        if not args.quiet and main_process:
+            print(f"lr_find suggests {lr:.2e}", flush=True)
+    if pretrained:
+        learner.fine_tune(args.epochs, lr or 2e-3, freeze_epochs=args.freeze_epochs)
+    else:
+        learner.fit_one_cycle(args.epochs, lr or 1e-3)
+    return lr_curve
+
+
+def keep_last_good_model(learner, out: Path) -> str:
+    """After a non-finite epoch: save the weights of the last good epoch (from the training
+    state) as the run's model, and say so; nothing non-finite is saved."""
+    from torso.train.state import STATE_FILE, load_training_state
+
+    path = out / STATE_FILE
+    if not path.exists():
+        return "no epoch finished, so no model was saved"
+    tensors, info = load_training_state(path)
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    learner.model.load_state_dict(weights)
+    learner.save_model(out)
+    return f"the model of the last good epoch ({info['epoch']}) is saved in '{out}'"

@@ -30,7 +30,7 @@ from torso.errors import TorsoError
 from torso.models import freeze_to as freeze_model_to
 from torso.models import set_frozen_norm_eval
 from torso.tasks.base import Task
-from torso.train import optimizer, state
+from torso.train import autoconfig, finite, optimizer, state
 from torso.train.callbacks.base import Callback, CancelFit
 from torso.train.evaluation import batch_size, batches_in, evaluate
 from torso.train.parallel import Parallel
@@ -53,9 +53,13 @@ class Learner:
         model: usually from `torso.create_model` or a task's `build_model`; any module, given
             a `splitter`. A tuple `x` (pair models) is passed as `model(*x)`.
         train, valid: iterables of `(x, y)` batches, e.g. `load_data`'s loaders; either may be
-            None; `set_epoch(epoch)` is called when they have it.
+            None; `set_epoch(epoch)` is called when they have it. `train` may also be
+            `load_data`'s `DataLoaders` (with no `valid`): its `train` and `valid` loaders.
         task: from `torso.tasks.get_task`; owns loss, metrics and decoding.
-        config: the run's `RunConfig`, needed to save a loadable model; never changed.
+        config: the run's `RunConfig`, needed to save a loadable model; never changed. When
+            None, the Learner makes one from the model, the task, the data and the first
+            training batch (`torso.train.autoconfig`), so that `save_model` and `predict` on
+            files work as after `torso train`.
         callbacks: progress, CSV log, early stopping, save-best, ... (`Callback`s).
         weight_decay: AdamW's decoupled weight decay (none on norm layers and biases).
         train_bn: normalisation layers of frozen groups keep training (fastai's default); with
@@ -90,10 +94,17 @@ class Learner:
     ) -> None:
         if accumulate < 1:
             raise TorsoError(f"accumulate must be at least 1, got {accumulate}")
-        if weight_decay < 0:
-            raise TorsoError(f"weight_decay must not be negative, got {weight_decay}")
+        if not 0 <= weight_decay < math.inf:
+            raise TorsoError(f"weight_decay must be a finite number, 0 or more, got {weight_decay}")
         # Under torchrun this joins the process group and picks this process's GPU.
         self.device = distributed.setup(device)
+        if valid is None and hasattr(train, "train") and hasattr(train, "valid"):
+            data, train, valid = train, train.train, train.valid  # load_data's DataLoaders
+        else:
+            data = train
+        self._facts = autoconfig.data_facts(data) if config is None else {}
+        self._inferred = config is None
+        config = config if config is not None else autoconfig.infer_config(model, task, self._facts)
         distributed.check_loader_is_sharded(train, "training")
         distributed.check_loader_is_sharded(valid, "validation")
         if sync_batchnorm:
@@ -292,11 +303,10 @@ class Learner:
         self.batch_index = self.num_batches
         loss_total, count = distributed.sum_across([float(loss_sum), count])
         train_loss = loss_total / max(count, 1)
-        if not math.isfinite(train_loss):
-            raise TorsoError(
-                f"the training loss became {train_loss} in epoch {self.epoch + 1}: "
-                "the learning rate is probably too high"
-            )
+        # Before validation, callbacks and the saved state see them: the state on disk stays
+        # that of the last good epoch.
+        finite.check_loss(train_loss, self.epoch + 1)
+        finite.check_weights(self.model, f"in epoch {self.epoch + 1}")
         return train_loss
 
     def _one_batch(self, x: Any, y: Any) -> None:
@@ -305,6 +315,9 @@ class Learner:
         model = self.parallel.module(self.x, self._call_model) or self._forward
         with self.parallel.exchange(self.stepping):
             self.pred = self._call_model(self.x, model)
+            if self.config is None:  # a Learner given no config: its first batch completes one
+                facts = {**self._facts, **autoconfig.batch_facts(self.x, self.pred)}
+                self.config = autoconfig.infer_config(self.model, self.task, facts)
             self._event("after_pred")
             loss = self.task.loss(self.pred, self.y)
             self.loss, self.loss_grad = loss.detach(), loss / self.accumulate
@@ -368,7 +381,14 @@ class Learner:
         if not distributed.is_main_process():
             return Path(folder)
         if self.config is None:
-            raise TorsoError("cannot save a loadable model: this Learner was given no config")
+            raise TorsoError(
+                "cannot save a loadable model: this Learner was given no config and cannot "
+                "make one (it makes one from its first training batch and a model from "
+                "create_model); give it config=RunConfig(...)"
+            )
+        if self._inferred:
+            autoconfig.check_rebuilds(self.model, self.task, self.config)
+        finite.check_weights(self.model, f"so no model is saved to '{folder}'")
         return checkpoint.save_model(self.model, self.config, folder)
 
     def save_state(self, path: str | os.PathLike) -> None:

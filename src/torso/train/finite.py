@@ -1,0 +1,46 @@
+"""Stopping a run whose numbers stopped being numbers: a non-finite loss or weights end the
+training with `NonFiniteError` (exit status 1) before anything non-finite is saved."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from torso.errors import TorsoError
+
+
+class NonFiniteError(TorsoError):
+    """The loss or the weights became NaN or infinite: the run cannot go on."""
+
+    exit_code = 1
+
+
+def check_loss(loss: float, epoch: int) -> None:
+    """A `NonFiniteError` if the mean training loss of `epoch` (counted from 1) is not finite."""
+    if not math.isfinite(loss):
+        raise NonFiniteError(
+            f"the training loss became {loss} in epoch {epoch}: "
+            "the learning rate (or the weight decay) is probably too high"
+        )
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of `model` holding NaN or inf."""
+    return [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def check_weights(model: nn.Module, when: str) -> None:
+    """A `NonFiniteError` naming the first bad tensor if any weight of `model` is not finite;
+    `when` completes the sentence ("in epoch 3", "so the model is not saved")."""
+    bad = non_finite_tensors(model)
+    if bad:
+        raise NonFiniteError(
+            f"{len(bad)} weight tensor(s) became NaN or infinite ({bad[0]}, ...) {when}: "
+            "the learning rate or the weight decay is probably too high"
+        )
