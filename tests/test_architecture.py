@@ -68,3 +68,14 @@ def test_the_task_name_check_finds_a_comparison():
     # The check above must be able to fail: a comparison written three ways is found.
     source = 'if task == "segment": pass\nif name in ("classify", "x"): pass\nok = "siamese" != t\n'
     assert task_name_comparisons(ast.parse(source)) == [1, 2, 3]
+
+
+def test_the_learner_stays_a_loop_that_reads_on_a_few_screens():
+    # Variations of a step live in their own modules (precision, placement, parallel, ...):
+    # learner.py under 400 lines, no method over 60.
+    path = SOURCE / "train" / "learner.py"
+    text = path.read_text()
+    assert len(text.splitlines()) < 400
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef):
+            assert node.end_lineno - node.lineno + 1 <= 60, node.name

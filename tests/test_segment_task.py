@@ -350,3 +350,19 @@ def test_predict_of_a_segmentation_run_needs_an_output_folder(shapes_run, capsys
     data, run = shapes_run
     assert main(["predict", str(run), str(data / "images" / "001.png")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_saved_segment_config_holds_the_decoder_width_it_was_built_with():
+    # "auto" is resolved from the body once, when the run starts: torso.json keeps the number,
+    # so a saved run does not depend on how "auto" chooses in later versions.
+    task = get_task("segment")
+    config = RunConfig(task="segment", backbone="test_resnet", num_outputs=3, size=32)
+    model = task.build_model(config)
+    complete = task.complete_config(config, model)
+    width = complete.head_options["decoder_width"]
+    assert isinstance(width, int) and width == task.decoder_width(config, model.body.channels)
+    assert complete.stats == model.body.stats
+    rebuilt = get_task("segment", decoder_width="full").build_model(complete)
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(
+        p.numel() for p in model.parameters()
+    )

@@ -84,17 +84,20 @@ def chosen_task_options(args: argparse.Namespace) -> dict[str, Any]:
     """
     from torso.registry import task_class, task_names
 
+    unchanged = object()  # None may be a chosen value (a run's stored decoder_width)
+
     def given(option) -> Any:
         value = getattr(args, option.name, option.default)
         value = tuple(value) if isinstance(value, list) else value
         changed = value != option.default and not (option.type is bool and value is False)
-        return value if changed else None
+        return value if changed else unchanged
 
     mine = getattr(task_class(args.task), "cli_options", ())
-    options = {option.name: given(option) for option in mine if given(option) is not None}
+    options = {option.name: given(option) for option in mine if given(option) is not unchanged}
     names = {option.name for option in mine}
     for other in task_names():
         for option in getattr(task_class(other), "cli_options", ()):
-            if option.name not in names and given(option) is not None:
+            # (None: what a run saved by an older torso stored for another task's option)
+            if option.name not in names and given(option) not in (unchanged, None):
                 raise TorsoError(f"{option.flag} is an option of --task {other}, not {args.task}")
     return options

@@ -97,6 +97,17 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable or bad images instead of stopping"
     )
+    parser.add_argument(
+        "--min-image-size",
+        type=positive_int,
+        default=16,
+        help="smallest side in pixels an image may have; smaller ones are bad images (16)",
+    )
+    parser.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="let a CSV name images outside the data folder (../x.png, absolute paths)",
+    )
     parser.add_argument("--no-augment", action="store_true", help="no training augmentation")
     parser.add_argument("--no-cache", action="store_true", help="decode images every epoch")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -272,6 +283,8 @@ def load_training_data(args: argparse.Namespace):
         skip_bad=args.skip_bad,
         in_channels=args.in_channels,
         csv=args.csv,
+        min_image_size=args.min_image_size,
+        allow_outside_paths=args.allow_outside_paths,
         **samplers,
     )
     set_compute_threads(getattr(args, "threads", None), dls.train.num_workers)
@@ -319,11 +332,6 @@ def run_config(args, dls, task, model_stats=None):
     )
 
 
-def body_stats(model):
-    """The normalisation `(mean, std)` of a model's body, or None."""
-    return getattr(model.body, "stats", None)
-
-
 def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
     """The model (built by the task from the run's config) and its Learner; the config is
     complete (with the body's stats) before the Learner sees it."""
@@ -331,7 +339,7 @@ def build_learner(args, dls, task, *, pretrained, out=None, callbacks=()):
 
     config = run_config(args, dls, task)
     model = task.build_model(config, pretrained=pretrained)
-    config = config.replace(stats=body_stats(model))
+    config = task.complete_config(config, model)
     # The whole validation set decides (under torchrun a process's share may be empty).
     valid = dls.valid if len(dls.valid.dataset) > 0 else None
     precision = None if args.mixed_precision == "auto" else args.mixed_precision

@@ -120,6 +120,11 @@ class Task:
             **self.head_options(config),
         )
 
+    def complete_config(self, config: RunConfig, model: nn.Module) -> RunConfig:
+        """`config` with what only the built `model` knows, so that `torso.json` rebuilds the
+        same model without the task's defaults: the body's normalisation stats."""
+        return config.replace(stats=getattr(getattr(model, "body", None), "stats", None))
+
     def summary_notes(self, config: RunConfig, model: nn.Module) -> list[str]:
         """Lines `torso summary` prints under the table (e.g. the same model with other
         options); none by default."""

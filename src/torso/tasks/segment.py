@@ -285,6 +285,17 @@ class SegmentTask(Task):
         options["decoder_width"] = self.decoder_width(config, body.channels)
         return DynamicUnet(body, config.num_outputs, **options)
 
+    def complete_config(self, config: RunConfig, model: nn.Module) -> RunConfig:
+        """Also the decoder cap the model was built with (`"auto"` resolved from the body), in
+        `head_options`, so a saved run does not depend on how `"auto"` chooses."""
+        from torso.models.segmentation import DynamicUnet
+
+        config = super().complete_config(config, model)
+        if not isinstance(model, DynamicUnet):
+            return config
+        width = self.decoder_width(config, model.body.channels)
+        return config.replace(head_options={**config.head_options, "decoder_width": width})
+
     def summary_notes(self, config: RunConfig, model: nn.Module) -> list[str]:
         """For a DynamicUnet: its parameters next to those of the same U-Net with fastai's
         widths (`--decoder-width full`) when capped, or with the automatic cap when not."""

@@ -77,7 +77,7 @@ def infer_config(model: nn.Module, task: Task, facts: dict[str, Any]) -> RunConf
     if classes is not None and len(classes) != facts["num_outputs"]:
         classes = None
     try:
-        return RunConfig(
+        config = RunConfig(
             task=task.name,
             backbone=backbone,
             num_outputs=facts["num_outputs"],
@@ -90,6 +90,8 @@ def infer_config(model: nn.Module, task: Task, facts: dict[str, Any]) -> RunConf
         )
     except TorsoError:
         return None
+    complete = getattr(task, "complete_config", None)
+    return complete(config, model) if complete is not None else config
 
 
 def check_rebuilds(model: nn.Module, task: Task, config: RunConfig) -> None:
@@ -107,3 +109,27 @@ def check_rebuilds(model: nn.Module, task: Task, config: RunConfig) -> None:
             f"create_model({config.backbone!r}, {config.num_outputs}) builds (another head or "
             "body); give the Learner a RunConfig with its head_options"
         )
+
+
+def split_loaders(train: Any, valid: Any, *, given: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The training and validation loaders (`train` may be `load_data`'s `DataLoaders`, with
+    no `valid`: its two loaders) and, when no config is `given`, the facts the data tells."""
+    data = train
+    if valid is None and hasattr(train, "train") and hasattr(train, "valid"):
+        train, valid = train.train, train.valid
+    return train, valid, (data_facts(data) if given is None else {})
+
+
+def check_saveable(
+    model: nn.Module, task: Task, config: RunConfig | None, *, inferred: bool
+) -> None:
+    """A `TorsoError` unless `config` describes `model` well enough to save a loadable run (a
+    config the Learner made itself is checked by rebuilding the model from it)."""
+    if config is None:
+        raise TorsoError(
+            "cannot save a loadable model: this Learner was given no config and cannot make "
+            "one (it makes one from its first training batch and a model from create_model); "
+            "give it config=RunConfig(...)"
+        )
+    if inferred:
+        check_rebuilds(model, task, config)

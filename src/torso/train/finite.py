@@ -44,3 +44,9 @@ def check_weights(model: nn.Module, when: str) -> None:
             f"{len(bad)} weight tensor(s) became NaN or infinite ({bad[0]}, ...) {when}: "
             "the learning rate or the weight decay is probably too high"
         )
+
+
+def check_epoch(train_loss: float, model: nn.Module, epoch: int) -> None:
+    """A `NonFiniteError` if epoch `epoch`'s training loss or `model`'s weights are not finite."""
+    check_loss(train_loss, epoch)
+    check_weights(model, f"in epoch {epoch}")

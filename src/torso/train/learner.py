@@ -52,14 +52,11 @@ class Learner:
     Args:
         model: usually from `torso.create_model` or a task's `build_model`; any module, given
             a `splitter`. A tuple `x` (pair models) is passed as `model(*x)`.
-        train, valid: iterables of `(x, y)` batches, e.g. `load_data`'s loaders; either may be
-            None; `set_epoch(epoch)` is called when they have it. `train` may also be
-            `load_data`'s `DataLoaders` (with no `valid`): its `train` and `valid` loaders.
+        train, valid: iterables of `(x, y)` batches (`set_epoch(epoch)` is called when they
+            have it), either may be None; or `train` is `load_data`'s `DataLoaders`.
         task: from `torso.tasks.get_task`; owns loss, metrics and decoding.
-        config: the run's `RunConfig`, needed to save a loadable model; never changed. When
-            None, the Learner makes one from the model, the task, the data and the first
-            training batch (`torso.train.autoconfig`), so that `save_model` and `predict` on
-            files work as after `torso train`.
+        config: the run's `RunConfig` (never changed); when None the Learner makes one from
+            model, task, data and first batch (`torso.train.autoconfig`) to save and predict.
         callbacks: progress, CSV log, early stopping, save-best, ... (`Callback`s).
         weight_decay: AdamW's decoupled weight decay (none on norm layers and biases).
         train_bn: normalisation layers of frozen groups keep training (fastai's default); with
@@ -92,17 +89,10 @@ class Learner:
         sync_batchnorm: bool = False,
         out: str | os.PathLike | None = None,
     ) -> None:
-        if accumulate < 1:
-            raise TorsoError(f"accumulate must be at least 1, got {accumulate}")
-        if not 0 <= weight_decay < math.inf:
-            raise TorsoError(f"weight_decay must be a finite number, 0 or more, got {weight_decay}")
+        optimizer.check_settings(weight_decay=weight_decay, accumulate=accumulate)
         # Under torchrun this joins the process group and picks this process's GPU.
         self.device = distributed.setup(device)
-        if valid is None and hasattr(train, "train") and hasattr(train, "valid"):
-            data, train, valid = train, train.train, train.valid  # load_data's DataLoaders
-        else:
-            data = train
-        self._facts = autoconfig.data_facts(data) if config is None else {}
+        train, valid, self._facts = autoconfig.split_loaders(train, valid, given=config)
         self._inferred = config is None
         config = config if config is not None else autoconfig.infer_config(model, task, self._facts)
         distributed.check_loader_is_sharded(train, "training")
@@ -303,10 +293,7 @@ class Learner:
         self.batch_index = self.num_batches
         loss_total, count = distributed.sum_across([float(loss_sum), count])
         train_loss = loss_total / max(count, 1)
-        # Before validation, callbacks and the saved state see them: the state on disk stays
-        # that of the last good epoch.
-        finite.check_loss(train_loss, self.epoch + 1)
-        finite.check_weights(self.model, f"in epoch {self.epoch + 1}")
+        finite.check_epoch(train_loss, self.model, self.epoch + 1)  # before the state is saved
         return train_loss
 
     def _one_batch(self, x: Any, y: Any) -> None:
@@ -380,14 +367,7 @@ class Learner:
         the main process writes it (the others return the same path)."""
         if not distributed.is_main_process():
             return Path(folder)
-        if self.config is None:
-            raise TorsoError(
-                "cannot save a loadable model: this Learner was given no config and cannot "
-                "make one (it makes one from its first training batch and a model from "
-                "create_model); give it config=RunConfig(...)"
-            )
-        if self._inferred:
-            autoconfig.check_rebuilds(self.model, self.task, self.config)
+        autoconfig.check_saveable(self.model, self.task, self.config, inferred=self._inferred)
         finite.check_weights(self.model, f"so no model is saved to '{folder}'")
         return checkpoint.save_model(self.model, self.config, folder)
 

@@ -4,6 +4,7 @@ the per-group hyper-parameters the schedules set."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -91,3 +92,12 @@ def freeze_groups(
         for module in filter(is_norm_layer, model.modules()):
             for parameter in module.parameters(recurse=False):
                 parameter.requires_grad_(True)
+
+
+def check_settings(*, weight_decay: float, accumulate: int) -> None:
+    """A `TorsoError` for a weight decay that is negative or not finite, or an `accumulate`
+    below 1."""
+    if accumulate < 1:
+        raise TorsoError(f"accumulate must be at least 1, got {accumulate}")
+    if not 0 <= weight_decay < math.inf:
+        raise TorsoError(f"weight_decay must be a finite number, 0 or more, got {weight_decay}")
