@@ -29,16 +29,17 @@ def test_losses_in_training_and_detections_in_eval(detector, losses):
     model = create_detection_model("test_resnet", 2, detector=detector, pyramid_channels=64)
     images = torch.rand(2, 3, 64, 64)
     model.train()
-    out = model(images, targets())
-    assert set(out) == {"losses"} and set(out["losses"]) == losses
-    total = sum(out["losses"].values())
-    total.backward()
+    out = model(images)
+    assert out.detections is None
+    found_losses = out.losses(targets())
+    assert set(found_losses) == losses
+    sum(found_losses.values()).backward()
     assert model.body.groups()[0][0].grad is not None  # the loss reaches the body
     model.eval()
     with torch.no_grad():
         out = model(images)
-    assert set(out) == {"detections"} and len(out["detections"]) == 2
-    for found in out["detections"]:
+    assert len(out.detections) == 2
+    for found in out.detections:
         assert set(found) == {"boxes", "scores", "labels"}
         count = found["boxes"].shape[0]
         assert found["boxes"].shape == (count, 4) and found["scores"].shape == (count,)
@@ -48,23 +49,13 @@ def test_losses_in_training_and_detections_in_eval(detector, losses):
             assert float(found["boxes"].min()) >= 0 and float(found["boxes"].max()) <= 64
 
 
-def test_eval_with_targets_gives_losses_and_detections():
+def test_eval_gives_losses_and_detections():
     model = create_detection_model("test_resnet", 1, pyramid_channels=64).eval()
-    with torch.no_grad():
-        out = model(torch.rand(2, 3, 64, 64), targets_one_class())
-    assert set(out) == {"losses", "detections"}
-
-
-def targets_one_class():
     found = targets()
     found[0]["labels"] = torch.tensor([0])
-    return found
-
-
-def test_training_without_targets_is_an_error():
-    model = create_detection_model("test_resnet", 1, pyramid_channels=64).train()
-    with pytest.raises(TorsoError, match="targets"):
-        model(torch.rand(1, 3, 64, 64))
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert len(out.detections) == 2 and float(sum(out.losses(found).values())) > 0
 
 
 def test_structure_and_parameter_groups():
@@ -110,7 +101,7 @@ def test_torchvision_body():
     assert model.head.anchor_generator.sizes[0] == (8,)
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 96))
-    assert out["detections"][0]["boxes"].shape[1] == 4
+    assert out.detections[0]["boxes"].shape[1] == 4
 
 
 @pytest.mark.parametrize(

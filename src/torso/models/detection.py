@@ -17,16 +17,16 @@ them (its stats), and the detector sees them at the loader's size, with no resiz
 padding, so boxes are in the pixels of the images given. (The detector's transform is built
 with identity mean/std and is never called.)
 
-`forward(images, targets=None)` returns a dict:
-- `"losses"`: the detector's loss dict (e.g. FCOS: `classification`, `bbox_regression`,
-  `bbox_ctrness`), when `targets` are given (training and validation);
-- `"detections"`: one dict per image `{"boxes": (K, 4) xyxy, "scores": (K,), "labels": (K,)}`
-  in eval mode (labels are class indices from 0).
+`forward(images)` takes images only, as every torso model, and returns a `DetectionOutput`:
+the head's raw outputs and anchors, from which `output.losses(targets)` computes the detector's
+own loss dict (what `torso.tasks.detect` sums), and in eval mode `output.detections`, one dict
+per image `{"boxes": (K, 4) xyxy, "scores": (K,), "labels": (K,)}` (class indices from 0).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -76,6 +76,45 @@ class PyramidNeck(nn.Module):
         return self.fpn(OrderedDict((str(index), map_) for index, map_ in enumerate(stages)))
 
 
+@dataclass
+class DetectionOutput:
+    """What `DetectionModel` returns: the detector head's raw outputs and its anchors, and in
+    eval mode the decoded detections.
+
+    detections: one dict per image `{"boxes": (K, 4) xyxy in pixels of the input, "scores":
+        (K,), "labels": int64 (K,)}` (class indices from 0), after torchvision's score
+        threshold, NMS and top-k; None in training mode.
+    `losses(targets)` is the detector's own loss dict (torchvision's `compute_loss`, which
+    holds no parameters), for targets `[{"boxes": (K, 4) xyxy, "labels": (K,)}]`.
+    """
+
+    head_outputs: dict[str, torch.Tensor]
+    anchors: list[torch.Tensor]
+    per_level: list[int]
+    detector: nn.Module
+    detections: list[dict[str, torch.Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def losses(self, targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The detector's losses (FCOS: classification, bbox_regression, bbox_ctrness;
+        RetinaNet: classification, bbox_regression), each a scalar."""
+        device = self.anchors[0].device
+        targets = [
+            {
+                "boxes": target["boxes"].to(device, torch.float32),
+                "labels": target["labels"].to(device, torch.int64),
+            }
+            for target in targets
+        ]
+        if isinstance(self.detector, FCOS):
+            return self.detector.compute_loss(
+                targets, self.head_outputs, self.anchors, self.per_level
+            )
+        return self.detector.compute_loss(targets, self.head_outputs, self.anchors)
+
+
 class DetectionModel(nn.Module):
     """A torso body + torchvision's detector on a feature pyramid of the body's last stages.
 
@@ -89,43 +128,24 @@ class DetectionModel(nn.Module):
         self.body = body
         self.head = head
 
-    def forward(
-        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None
-    ) -> dict:
-        """`{"losses": {...}}` given targets, `{"detections": [...]}` in eval mode (both when
-        evaluating with targets); see the module's docstring."""
+    def forward(self, images: torch.Tensor) -> DetectionOutput:
+        """images `(N, C, H, W)` in [0, 1] → a `DetectionOutput` (detections in eval mode)."""
         detector = self.head
-        if self.training and targets is None:
-            raise TorsoError("a detection model in training mode needs the targets (boxes)")
         stages = self.body.features(images)[-PYRAMID_STAGES:]
         features = list(detector.backbone(stages).values())
         head_outputs = detector.head(features)
         sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-        image_list = ImageList(images, sizes)
-        anchors = detector.anchor_generator(image_list, features)
+        anchors = detector.anchor_generator(ImageList(images, sizes), features)
         per_level = [map_.size(2) * map_.size(3) for map_ in features]
         if isinstance(detector, RetinaNet):  # several anchors per position
             per_position = head_outputs["cls_logits"].size(1) // sum(per_level)
             per_level = [count * per_position for count in per_level]
-        result: dict = {}
-        if targets is not None:
-            targets = [
-                {
-                    "boxes": target["boxes"].to(images.device, torch.float32),
-                    "labels": target["labels"].to(images.device, torch.int64),
-                }
-                for target in targets
-            ]
-            if isinstance(detector, FCOS):
-                losses = detector.compute_loss(targets, head_outputs, anchors, per_level)
-            else:
-                losses = detector.compute_loss(targets, head_outputs, anchors)
-            result["losses"] = losses
+        output = DetectionOutput(head_outputs, anchors, per_level, detector)
         if not self.training:
             split = {key: list(out.split(per_level, dim=1)) for key, out in head_outputs.items()}
             split_anchors = [list(anchor.split(per_level)) for anchor in anchors]
-            result["detections"] = detector.postprocess_detections(split, split_anchors, sizes)
-        return result
+            output.detections = detector.postprocess_detections(split, split_anchors, sizes)
+        return output
 
 
 def create_detection_model(
