@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DETECTIONS_PER_IMAGE = 100
 #: Validation images the report shows with their true and predicted boxes.
 REPORT_SAMPLES = 6
+#: The report draws the predictions scoring at least this.
+FIGURE_SCORE = 0.3
 
 
 class MapValue(Metric):
@@ -202,8 +204,14 @@ class DetectTask(Task):
         return total * len(targets) if reduction == "sum" else total
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        import importlib.util
+
         from torchmetrics.detection import MeanAveragePrecision
 
+        if importlib.util.find_spec("pycocotools") is None:
+            raise TorsoError(
+                "detection metrics need pycocotools: pip install 'torso[detect]' (or pycocotools)"
+            )
         _, names = output_names(config)
         shared = {"metric": MeanAveragePrecision(box_format="xyxy", class_metrics=True)}
         metrics: dict[str, Metric] = {"map": MapValue(shared, "map", feeds=True)}
@@ -326,7 +334,8 @@ class DetectTask(Task):
     # -- the report --------------------------------------------------------------------------
     @torch.no_grad()
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
-        """A few validation images with their true boxes (green) and predicted ones (red)."""
+        """A few validation images with their true boxes (green) and the predicted ones scoring
+        at least `FIGURE_SCORE` (red)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -352,7 +361,8 @@ class DetectTask(Task):
                 target["boxes"].tolist(), target["labels"].tolist(), strict=True
             ):
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime"))
-            for x0, y0, x1, y1, score, label in rows.tolist():
+                ax.text(x0, y1, classes[int(label)], color="lime", fontsize=6, va="top")
+            for x0, y0, x1, y1, score, label in rows[rows[:, 4] >= FIGURE_SCORE].tolist():
                 ax.add_patch(
                     Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="red", ls="--")
                 )
