@@ -13,8 +13,11 @@ CLASSES = ("blue", "red")
 COLOURS = {"red": (230, 40, 40), "blue": (40, 60, 230)}
 
 
-def shapes(count: int, width: int = 64, height: int = 48, seed: int = 0) -> list[dict]:
-    """`count` images: dim noise with 0 to 2 rectangles each (the first image has none).
+def shapes(
+    count: int, width: int = 64, height: int = 48, seed: int = 0, classes: int = 2
+) -> list[dict]:
+    """`count` images: dim noise with 0 to 2 rectangles each (the first image has none), of
+    the first `classes` colours.
 
     Returns records `{"name", "image", "boxes": [(x0, y0, x1, y1)] integer pixels, "labels"}`
     with labels indexing `CLASSES`.
@@ -27,7 +30,7 @@ def shapes(count: int, width: int = 64, height: int = 48, seed: int = 0) -> list
         for _ in range(0 if index == 0 else 1 + index % 2):
             w, h = int(generator.integers(12, 28)), int(generator.integers(10, 22))
             x0, y0 = int(generator.integers(0, width - w)), int(generator.integers(0, height - h))
-            label = int(generator.integers(0, 2))
+            label = int(generator.integers(0, 2)) % classes
             pixels[y0 : y0 + h, x0 : x0 + w] = COLOURS[CLASSES[label]]
             boxes.append((x0, y0, x0 + w, y0 + h))
             labels.append(label)
