@@ -115,3 +115,17 @@ def test_torchvision_body():
 def test_bad_options(options, message):
     with pytest.raises(TorsoError, match=message):
         create_detection_model("test_resnet", 1, **options)
+
+
+def test_summary_shows_the_pyramid_levels():
+    from torso.tools.summary import summarize
+
+    model = create_detection_model("test_resnet", 2, pyramid_channels=64)
+    summary = summarize(model, 64)
+    levels = [
+        row for row in summary.rows if row.section == "pyramid" and row.name.startswith("level")
+    ]
+    assert [row.shape for row in levels] == [(64, 8, 8), (64, 4, 4), (64, 2, 2), (64, 1, 1)] + [
+        (64, 1, 1)
+    ]
+    assert summary.head == sum(p.numel() for p in model.head.parameters())

@@ -123,6 +123,9 @@ class DetectionModel(nn.Module):
         `PyramidNeck` (fed the body's stages by this model's forward).
     """
 
+    #: `torso summary` shows the pyramid's levels (`summarize_detection`).
+    head_takes_pyramid = True
+
     def __init__(self, body: nn.Module, head: FCOS | RetinaNet) -> None:
         super().__init__()
         self.body = body
