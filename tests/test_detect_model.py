@@ -129,3 +129,11 @@ def test_summary_shows_the_pyramid_levels():
         (64, 1, 1)
     ]
     assert summary.head == sum(p.numel() for p in model.head.parameters())
+
+
+def test_boxes_are_decoded_in_float32_under_bfloat16_autocast():
+    model = create_detection_model("test_resnet", 1, pyramid_channels=64).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(1, 3, 64, 64))
+    assert out.anchors[0].dtype == torch.float32
+    assert out.detections[0]["boxes"].dtype == torch.float32

@@ -136,9 +136,11 @@ class DetectionModel(nn.Module):
         detector = self.head
         stages = self.body.features(images)[-PYRAMID_STAGES:]
         features = list(detector.backbone(stages).values())
-        head_outputs = detector.head(features)
+        # decoding and losses in float32: bfloat16 would move a box at x = 500 by 2 pixels
+        head_outputs = {key: out.float() for key, out in detector.head(features).items()}
         sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-        anchors = detector.anchor_generator(ImageList(images, sizes), features)
+        # the anchors take the maps' dtype: float32 for the same reason
+        anchors = detector.anchor_generator(ImageList(images, sizes), [f.float() for f in features])
         per_level = [map_.size(2) * map_.size(3) for map_ in features]
         if isinstance(detector, RetinaNet):  # several anchors per position
             per_position = head_outputs["cls_logits"].size(1) // sum(per_level)
