@@ -114,6 +114,8 @@ def test_bad_coco_annotations_are_named(tmp_path):
         {"id": 102, "image_id": 2, "category_id": 1, "bbox": [5, 10, 0, 10], **base},
         {"id": 103, "image_id": 2, "category_id": 9, "bbox": [5, 10, 4, 4], **base},
         {"id": 104, "image_id": 77, "category_id": 1, "bbox": [5, 10, 4, 4], **base},
+        {"id": 105, "image_id": 2, "category_id": 1, "bbox": "5 10 4 4", **base},
+        {"id": 106, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 1},
     ]
     document["images"].append({"id": 5, "file_name": "gone.png", "width": 64, "height": 48})
     path.write_text(json.dumps(document))
@@ -125,9 +127,10 @@ def test_bad_coco_annotations_are_named(tmp_path):
         "annotation 102 (image 'img001.png'): box [5, 10, 5, 20] has zero or negative size",
         "annotation 103 (image 'img001.png'): unknown category id 9",
         "annotation 104: unknown image id 77",
+        "annotation 105 (image 'img001.png'): no bbox [x, y, width, height]",
         "image 5 'gone.png' missing",
     ]
-    # the good boxes of the image stay
+    # the good boxes of the image stay; the crowd region is not an object
     item = next(i for i in source.items if i.path.name == "img001.png")
     assert len(item.target.boxes) == len(records[1]["boxes"])
 

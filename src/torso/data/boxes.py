@@ -157,7 +157,13 @@ def _read_coco(root: Path, problems: list[Problem]) -> tuple[list[Item], list[st
             label = index_of.get(category)
             if label is None:
                 problems.append(Problem(path, f"{what}: unknown category id {category!r}"))
-            x, y, w, h = (float(v) for v in annotation["bbox"])
+            if annotation.get("iscrowd"):
+                continue  # a crowd region, not one object: COCO's evaluation ignores it too
+            try:
+                x, y, w, h = (float(v) for v in annotation["bbox"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(Problem(path, f"{what}: no bbox [x, y, width, height]"))
+                continue
             size = (float(image["width"]), float(image["height"])) if "width" in image else None
             check.box(path, what, (x, y, x + w, y + h), size, label, found[image["id"]])
         for image_id, image in images.items():
