@@ -153,3 +153,15 @@ def test_bad_yolo_and_voc_annotations_are_named(tmp_path):
     assert len(problems) == 2
     assert "img000.xml: image 'img000.png' missing in JPEGImages/" in problems[0]
     assert "img001.xml: object 0" in problems[1] and "zero or negative size" in problems[1]
+
+
+def test_boxes_a_hair_outside_their_image_are_clipped(tmp_path):
+    records = shapes(2)
+    records[1]["boxes"], records[1]["labels"] = [(40, 30, 64, 48)], [0]
+    write_yolo(tmp_path, records)
+    label = tmp_path / "labels" / "img001.txt"
+    label.write_text("0 0.8125 0.8125 0.3752 0.3752\n")  # reaches 1.0001 of the side
+    source = read_boxes(tmp_path)
+    assert source.problems == []
+    box = next(i for i in source.items if i.path.name == "img001.png").target.boxes[0]
+    assert box[2] == 1.0 and box[3] == 1.0

@@ -43,6 +43,8 @@ from torso.data.sources import Item, Problem, Source
 from torso.errors import TorsoError
 
 BoxTuple = tuple[float, float, float, float]
+#: How far (a fraction of the image's side) a box may reach past its image before it is an error.
+BOX_SLACK = 0.002
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,11 @@ class _Collector:
         found: tuple[list[BoxTuple], list[int]],
     ) -> None:
         """Check `box` (xyxy) of class `label` (None: unknown, already recorded) in an image of
-        `size` (width, height; None: not known) and add it to `found` if it is good."""
+        `size` (width, height; None: not known) and add it to `found` if it is good.
+
+        Rounding in annotation tools leaves boxes a hair outside their image (x + w = 640.02 in
+        a 640-pixel image): up to `BOX_SLACK` of the side is clipped, not reported."""
+        slack = BOX_SLACK
         x0, y0, x1, y1 = box
         shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"
         if label is None:
@@ -81,13 +87,21 @@ class _Collector:
             self.problems.append(Problem(where, f"{what}: box {shown} is not a number"))
         elif x1 <= x0 or y1 <= y0:
             self.problems.append(Problem(where, f"{what}: box {shown} has zero or negative size"))
-        elif size is not None and (x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]):
+        elif size is not None and (
+            min(x0, y0) < -slack * max(size)
+            or x1 > size[0] * (1 + slack)
+            or y1 > size[1] * (1 + slack)
+            or x0 >= size[0]
+            or y0 >= size[1]
+        ):
             self.problems.append(
                 Problem(
                     where, f"{what}: box {shown} is outside the image ({size[0]:g}x{size[1]:g})"
                 )
             )
         else:
+            if size is not None:  # within the slack: clipped to the image
+                box = (max(x0, 0.0), max(y0, 0.0), min(x1, size[0]), min(y1, size[1]))
             found[0].append(box)
             found[1].append(label)
 
