@@ -222,7 +222,7 @@ def test_bad_arguments_name_the_argument(folders):
         ({"size": 0}, "size"),
         ({"resize": "stretch"}, "resize"),
         ({"in_channels": 2}, "in_channels"),
-        ({"task": "detect"}, "task"),
+        ({"task": "keypoints"}, "task"),
         ({"valid_pct": 1.0}, "valid_pct"),
     ]:
         with pytest.raises(TorsoError, match=word):

@@ -86,6 +86,15 @@ def check_siamese(ns):
     assert ns["scores"].shape == (4, 2)
 
 
+def check_detection(ns):
+    detector = ns["detector"]
+    assert detector.head.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert detector.head.backbone.levels == 5
+    found = ns["found"]
+    assert set(found) == {"boxes", "scores", "labels"} and found["boxes"].shape[1] == 4
+    assert found["labels"].lt(2).all()
+
+
 # The first line of code an example starts with (after its imports) -> its check.
 CHECKS = {
     'body = torso.create_body("resnet34")': check_bodies,
@@ -94,6 +103,7 @@ CHECKS = {
     'unet = DynamicUnet(torso.create_body("tv:resnet34"), num_classes=3)': check_segmentation,
     'dls = load_data("photos/", task="classify", size=224, batch_size=64)': check_data,
     'model = create_siamese_model("resnet34", num_outputs=2)': check_siamese,
+    'detector = create_detection_model("resnet18", num_classes=2)': check_detection,
 }
 
 

@@ -26,6 +26,7 @@ TASKS: dict[str, str] = {
     "regress": "torso.tasks.regress:RegressTask",
     "segment": "torso.tasks.segment:SegmentTask",
     "siamese": "torso.tasks.siamese:SiameseTask",
+    "detect": "torso.tasks.detect:DetectTask",
 }
 
 

@@ -69,7 +69,7 @@ class ImageDataset(Dataset):
         # Reduced-scale JPEG decoding only for augmented training without masks: it changes
         # pixels slightly (validation and prediction must match exactly) and the image size
         # (a mask must match its image).
-        draft = self.augmentation is not None and not self.targets.masks
+        draft = self.augmentation is not None and not (self.targets.masks or self.targets.boxes)
         image = read_image(item.path, self.in_channels, draft_size=(side, side) if draft else None)
         mask = None
         if self.targets.masks:
@@ -80,6 +80,8 @@ class ImageDataset(Dataset):
                     f"'{item.path.name}' is {image.shape[2]}x{image.shape[1]}"
                 )
             mask = values.clamp(0, 255).to(torch.uint8)[None]
+        elif self.targets.boxes:  # BoundingBoxes: every transform below moves them too
+            mask = self.targets.geometry(item.target, *image.shape[-2:])
         image, mask = resize_square(image, side, self.resize, mask, self.ignore_index)
         if self.cache is not None:
             self.cache.put(index, image, mask)

@@ -11,6 +11,7 @@ built from the generic pieces below and the readers of `torso.data.sources`:
 | regress | `read_numbers` | `NumberTargets` | | |
 | segment | `read_masks` | `MaskTargets` | | `has_images_and_masks` |
 | siamese | `read_classes` | `ClassTargets` | yes | |
+| detect | `read_boxes` | `BoxTargets` | | `has_boxes` (`torso.data.boxes`) |
 
 The loaders, the datasets, the checks and `show_batch` ask the layout, and only the layout:
 `read` lists the items, `targets` encodes, counts and captions them (and says whether they are
@@ -64,10 +65,13 @@ class Targets:
     """How items' targets become tensors, are counted by `torso check` and are captioned.
 
     One subclass a kind of target. `masks` is True when an item's target is a mask file: read,
-    checked, cached and transformed together with its image.
+    checked, cached and transformed together with its image. `boxes` is True when an item's
+    boxes are transformed with its image (`geometry(target, height, width)` gives them as a
+    torchvision `BoundingBoxes`; `torso.data.boxes.BoxTargets`), and not cached.
     """
 
     masks: bool = False
+    boxes: bool = False
 
     def outputs(
         self, source: Source, mask_values: list[int] | None, ignore_index: int

@@ -130,7 +130,9 @@ class Collate:
         return torch.stack(list(images)).to(torch.float32).div_(255.0)
 
     def __call__(self, samples: list) -> tuple:
-        targets = torch.stack([target for _, target in samples])
+        targets = [target for _, target in samples]
+        # dicts (boxes and labels per image) stay a list; tensors are stacked
+        targets = targets if isinstance(targets[0], dict) else torch.stack(targets)
         if self.pairs:
             firsts = self._images([pair[0] for pair, _ in samples])
             seconds = self._images([pair[1] for pair, _ in samples])
@@ -334,7 +336,7 @@ def load_data(
     presize_side = max(size, math.ceil(size * presize)) if augmentation is not None else size
     notes: list[str] = []
     train_cache = valid_cache = None
-    if cache:
+    if cache and not layout.targets.boxes:  # boxes are moved with the image, not cached
         train_cache = _make_cache(
             len(train), (in_channels, presize_side, presize_side), masks, cache_dir, notes
         )

@@ -81,6 +81,8 @@ def summarize(model: nn.Module, size: int | tuple[int, int] = 224) -> ModelSumma
     """
     if getattr(model, "head_takes_features", False):
         return summarize_segmentation(model, size)
+    if getattr(model, "head_takes_pyramid", False):
+        return summarize_detection(model, size)
 
     def head_rows(head: nn.Module, images: torch.Tensor, maps: list[torch.Tensor]) -> list[Row]:
         rows, x = [], maps[-1]
@@ -109,6 +111,24 @@ def summarize_segmentation(model: nn.Module, size: int | tuple[int, int] = 224) 
         return [*rows, Row("output", "class scores", tuple(output.shape[1:]), 0)]
 
     return _summarize(model, size, decoder_rows)
+
+
+def summarize_detection(model: nn.Module, size: int | tuple[int, int] = 224) -> ModelSummary:
+    """Like `summarize` for detection models (`torso.models.detection.DetectionModel`): body
+    stages, then each level of the feature pyramid built on the last stages, then the
+    detector head's parameters."""
+
+    def pyramid_rows(head: nn.Module, images: torch.Tensor, maps: list[torch.Tensor]):
+        levels = head.backbone(maps[-3:])
+        rows = [
+            Row("pyramid", f"level {name}", tuple(level.shape[1:]), 0)
+            for name, level in levels.items()
+        ]
+        rows.insert(0, Row("pyramid", type(head.backbone).__name__, (), _count(head.backbone)))
+        name = type(head).__name__
+        return [*rows, Row("head", f"{name} head", (), _count(head) - _count(head.backbone))]
+
+    return _summarize(model, size, pyramid_rows)
 
 
 @torch.no_grad()
