@@ -83,10 +83,12 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from torso.predictor import choose_device
     from torso.tools.embed import BadImageError, embed_files, list_images, load_embedder
 
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
+    device = choose_device(args.device, "--device") if args.device else None
     files, root = list_images(args.images)
     embedder, identity = load_embedder(
         args.model,
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 skip_bad=args.skip_bad,
                 num_workers=args.workers,
-                device=args.device,
+                device=device,
                 on_batch=lambda count: progress.advance(task_id, count),
             )
         except BadImageError as error:

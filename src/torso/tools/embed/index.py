@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from torso.errors import TorsoError
 from torso.files import atomic_write
+from torso.predictor import choose_device
 from torso.tools.embed.model import BadImageError, Embedder, ModelIdentity, read_for_embedding
 
 INDEX_FORMAT = "torso-embeddings"
@@ -217,7 +218,10 @@ def embed_files(
         raise TorsoError("no images to embed")
     if root is None:
         root = Path(os.path.commonpath([Path(f).resolve().parent for f in files]))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = choose_device(device)
     embedder = embedder.to(device).eval()
     if device.type == "cuda":
         embedder = embedder.to(memory_format=torch.channels_last)
