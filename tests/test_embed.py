@@ -239,6 +239,14 @@ def test_bad_arguments_are_clear(images, tmp_path, capsys):
     assert "lonely.json" in capsys.readouterr().err
 
 
+def test_embed_takes_images_before_and_after_its_options(images, tmp_path):
+    out = tmp_path / "index.npy"
+    a, b = str(images / "0.png"), str(images / "1.png")
+    assert embed_cli("test_resnet", a, "--normalize", b, "--out", str(out)) == 0
+    index = read_index(out)
+    assert index.files == ["0.png", "1.png"] and index.identity.normalize
+
+
 def one_line_error(capsys, *fragments: str) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("torso: error:"), err

@@ -1,7 +1,9 @@
 """`torso ...`: the command-line entry point.
 
 Each command lives in a module of this package with two functions, `add_parser(subparsers)` and
-`run(args) -> int`; add its module name to `COMMANDS` to make it available.
+`run(args) -> int`; add its module name to `COMMANDS` to make it available. A command that
+takes a list of files sets `parser.intermixed = True`, so its options may come anywhere among
+them.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="image reading processes (auto)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.intermixed = True  # images before and after options: `MODEL a.jpg --normalize b/`
     return parser
 
 
