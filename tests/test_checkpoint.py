@@ -146,7 +146,7 @@ def test_damaged_training_state_is_refused(tmp_path):
 HAND_EDITS = [
     (lambda d: d.update(size=[0, 10]), "size must be a positive whole number"),
     (lambda d: d.update(classes=5), "classes must be a list"),
-    (lambda d: d.update(classes=["a", "b"]), "classes names 2 outputs but num_outputs is 3"),
+    (lambda d: d.update(classes=["a", "b"]), "classes has 2 names but num_outputs is 3"),
     (lambda d: d.update(num_outputs=-1), "num_outputs must be a whole number of at least 1"),
     (lambda d: d.update(num_outputs=5, classes=None), "num_outputs is 5, but the weights give 3"),
     (lambda d: d.update(task="nonexistent"), "task: unknown task 'nonexistent'"),

@@ -211,8 +211,8 @@ def _check(config: RunConfig) -> None:
         )
     if config.classes is not None and len(config.classes) != config.num_outputs:
         raise TorsoError(
-            f"classes names {len(config.classes)} outputs but num_outputs is "
-            f"{config.num_outputs}: give one name an output"
+            f"classes has {len(config.classes)} names but num_outputs is "
+            f"{config.num_outputs}: give one name per output"
         )
     if config.resize not in RESIZE_MODES:
         raise TorsoError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {config.resize!r}")

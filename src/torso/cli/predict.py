@@ -99,8 +99,8 @@ def unreadable_images(paths: list[Path], in_channels: int) -> dict[Path, str]:
 
     def problem(path: Path) -> str | None:
         try:
-            # The JPEG draft decodes at a reduced scale but still reads the whole stream, so a
-            # truncated file is caught as fast as the checks catch it.
+            # As `torso check` decodes: a JPEG draft decodes at a reduced scale, faster, but
+            # still reads the whole stream, so a truncated file is caught all the same.
             converted(decode_image(path, draft_size=(64, 64)).image, in_channels, path)
         except ImageReadError as error:
             return error.reason
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 f"nothing to predict: {len(bad)} of the {given} image(s) could not be read"
             )
         print(
-            f"torso: {len(bad)} unreadable image(s) left out; predicting the other {len(paths)}",
+            f"torso: {len(bad)} unreadable image(s) left out; predicting {len(paths)} image(s)",
             file=sys.stderr,
         )
     out = Path(args.out) if args.out else None
