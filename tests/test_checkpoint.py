@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import torso
 from torso.checkpoint import load_model, save_model
+from torso.cli import main
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.predictor import load
@@ -85,9 +88,9 @@ def test_altered_weights_give_a_clear_error(saved):
 def test_altered_description_gives_a_clear_error(saved):
     description = saved[0] / "torso.json"
     config = json.loads(description.read_text())
-    config["num_outputs"] = 5
+    config["head_options"] = {"hidden": [256]}  # a head of another shape than the weights'
     description.write_text(json.dumps(config))
-    with pytest.raises(TorsoError, match="do not fit"):
+    with pytest.raises(TorsoError, match="do not fit the model that torso.json describes"):
         load_model(saved[0])
     description.write_text(description.read_text()[:40])
     with pytest.raises(TorsoError, match="not valid JSON"):
@@ -139,6 +142,23 @@ def test_damaged_training_state_is_refused(tmp_path):
         load_training_state(tmp_path / "other.safetensors")
 
 
+#: Edits a person may make to torso.json by hand, and what the error says (a regex).
+HAND_EDITS = [
+    (lambda d: d.update(size=[0, 10]), "size must be a positive whole number"),
+    (lambda d: d.update(classes=5), "classes must be a list"),
+    (lambda d: d.update(classes=["a", "b"]), "classes has 2 names but num_outputs is 3"),
+    (lambda d: d.update(num_outputs=-1), "num_outputs must be a whole number of at least 1"),
+    (lambda d: d.update(num_outputs=5, classes=None), "num_outputs is 5, but the weights give 3"),
+    (lambda d: d.update(task="nonexistent"), "task: unknown task 'nonexistent'"),
+    (lambda d: d.update(task_options={"bogus": 1}), "task_options: .*'bogus'"),
+    (lambda d: d.update(head_options={"hidden": "x"}), r"head_options \{'hidden': 'x'\} do not"),
+    (lambda d: d.update(head_options={"bogus": 1}), "head_options .*'bogus'"),
+    (lambda d: d.update(stats=[[1], [2, 3]]), "stats must be"),
+    (lambda d: d.update(backbone="no_such_net"), "unknown backbone 'no_such_net'"),
+    (lambda d: d.update(in_channels=7), "in_channels is 7, but the weights take 3-channel"),
+]
+
+
 def edited(folder, change):
     """Apply `change` to the JSON object in `folder/torso.json` and write it back."""
     description = folder / "torso.json"
@@ -162,6 +182,7 @@ def edited(folder, change):
         (lambda d: d.update(resize="stretch"), "resize must be one of"),
         (lambda d: d.update(format_version=99), "format_version 99, newer than"),
         (lambda d: d.update(format="something-else"), "not a torso model description"),
+        *HAND_EDITS,
     ],
 )
 def test_a_hand_edited_torso_json_names_the_file_and_the_field(saved, change, message):
@@ -169,6 +190,27 @@ def test_a_hand_edited_torso_json_names_the_file_and_the_field(saved, change, me
     with pytest.raises(TorsoError, match=message) as error:
         load_model(folder)
     assert "torso.json" in str(error.value)
+
+
+@pytest.mark.parametrize("change, message", HAND_EDITS)
+def test_commands_on_a_hand_edited_run_print_one_line_and_exit_2(
+    saved, tmp_path, capsys, change, message
+):
+    """`torso predict`, `export` and `embed` load the run the same way: each prints one line
+    that names torso.json and the field, never a traceback."""
+    folder = edited(saved[0], change)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    commands = [
+        ["predict", str(folder), str(image)],
+        ["export", str(folder), "--no-verify", "--out", str(tmp_path / "model.onnx")],
+        ["embed", str(folder), str(image), "--out", str(tmp_path / "e.npy"), "--quiet"],
+    ]
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "torso.json" in err, (command, err)
+        assert re.search(message, err), (command, err)
 
 
 def test_a_version_1_torso_json_still_loads(saved):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -236,6 +237,76 @@ def test_bad_arguments_are_clear(images, tmp_path, capsys):
     np.save(lonely, np.zeros((2, 4), dtype=np.float32))
     assert main(["similar", str(lonely), str(images / "0.png")]) == 2
     assert "lonely.json" in capsys.readouterr().err
+
+
+def test_embed_takes_images_before_and_after_its_options(images, tmp_path):
+    out = tmp_path / "index.npy"
+    a, b = str(images / "0.png"), str(images / "1.png")
+    assert embed_cli("test_resnet", a, "--normalize", b, "--out", str(out)) == 0
+    index = read_index(out)
+    assert index.files == ["0.png", "1.png"] and index.identity.normalize
+
+
+def one_line_error(capsys, *fragments: str) -> None:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("torso: error:"), err
+    assert all(fragment in err for fragment in fragments), err
+
+
+def test_an_unwritable_out_is_one_line_before_any_image_is_embedded(
+    images, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "a_file").write_text("")
+    # A folder where no file can be created: read-only for an ordinary user; root writes
+    # through permissions, but not into /proc.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    unwritable = Path("/proc") if os.geteuid() == 0 else locked
+    cases = [
+        (unwritable / "x.npy", f"cannot write in '{unwritable}'"),
+        (tmp_path / "a_file" / "x.npy", "is a file, not a folder"),
+        (tmp_path / "a_file" / "sub" / "x.npy", "cannot create the folder"),
+    ]
+    read = []
+    monkeypatch.setattr(embed.index, "read_for_embedding", lambda *args: read.append(args))
+    try:
+        for out, message in cases:
+            assert embed_cli("test_resnet", str(images / "0.png"), "--out", str(out)) == 2
+            one_line_error(capsys, f"--out '{out}'", message)
+    finally:
+        locked.chmod(0o755)
+    assert not read and not list(locked.iterdir())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"\x93NUMPY\x01\x00v\x00{'descr'", "is damaged or truncated"),
+        (b"garbage " * 100, "not a NumPy .npy file"),
+        ("int64", "2-d int64 array, not a matrix of float vectors"),
+        ("vector", "1-d float32 array"),
+        ("narrow", "holds vectors of 3 numbers but 'index.json' says"),
+    ],
+)
+def test_a_damaged_npy_index_is_one_line(images, tmp_path, capsys, content, message):
+    index = tmp_path / "index.npy"
+    assert (
+        embed_cli("test_resnet", str(images / "0.png"), str(images / "1.png"), "--out", str(index))
+        == 0
+    )
+    if content == "int64":
+        np.save(index, np.ones((2, 4), dtype=np.int64))
+    elif content == "vector":
+        np.save(index, np.ones(2, dtype=np.float32))
+    elif content == "narrow":
+        np.save(index, np.ones((2, 3), dtype=np.float32))
+    else:
+        index.write_bytes(content)
+    capsys.readouterr()
+    assert main(["similar", str(index), str(images / "0.png")]) == 2
+    one_line_error(capsys, f"'{index}'", message)
 
 
 def test_faiss_backend_matches_numpy_or_names_faiss():

@@ -80,7 +80,6 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, RunConfig]:
     keys of torso 0.1's `nn.Sequential` models (`0.*`, `1.*`) load too.
     """
     from torso.models.model import upgrade_state_dict
-    from torso.tasks import get_task
 
     folder = Path(path)
     if folder.is_file():
@@ -97,10 +96,14 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, RunConfig]:
             "the checksum differs"
         )
     tensors, _ = parse_tensor_bytes(data, str(weights_file))
-    task = get_task(config.task, **config.task_options)
-    model = task.build_model(config, pretrained=False)
+    where = str(config_file(folder))
+    model = _build_model(config, where)
+    state = upgrade_state_dict(tensors)
+    misfit = _misfit(model, state, config)
+    if misfit is not None:
+        raise TorsoError(f"'{where}': {misfit} ('{weights_file}')")
     try:
-        model.load_state_dict(upgrade_state_dict(tensors), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first_line = str(error).splitlines()[1 if "\n" in str(error) else 0].strip()
         raise TorsoError(
@@ -108,3 +111,57 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, RunConfig]:
             f"({config.backbone}): {first_line}"
         ) from None
     return model.eval(), config
+
+
+def _build_model(config: RunConfig, where: str) -> nn.Module:
+    """The task's model for `config` (read from the file `where`), fresh weights. A field the
+    task, the body or the head refuses is a `TorsoError` naming `where` and the field."""
+    from torso.registry import get_task, task_class
+
+    try:
+        task_class(config.task)
+    except TorsoError as error:
+        raise TorsoError(f"'{where}': task: {error}") from None
+    try:
+        task = get_task(config.task, **config.task_options)
+    except TorsoError as error:
+        raise TorsoError(f"'{where}': task_options: {error}") from None
+    try:
+        return task.build_model(config, pretrained=False)
+    except TorsoError as error:  # an unknown backbone, a decoder that does not fit the body
+        raise TorsoError(f"'{where}': {error}") from None
+    except (TypeError, ValueError, RuntimeError) as error:
+        # The head's keyword arguments come straight from the file: a name the head does not
+        # take, or a value of the wrong kind, fails inside its constructor.
+        if not config.head_options:
+            raise
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise TorsoError(
+            f"'{where}': head_options {dict(config.head_options)} do not fit the "
+            f"{config.task} head ({first_line})"
+        ) from None
+
+
+def _misfit(model: nn.Module, state: Mapping[str, Any], config: RunConfig) -> str | None:
+    """The field of `config` that the saved weights `state` contradict, when it is one of the
+    two a person may edit by hand without changing the architecture: `in_channels` (the first
+    convolution's input channels) or `num_outputs` (the last layer's outputs)."""
+    built = model.state_dict()
+    wrong = [
+        (key, tuple(state[key].shape), tuple(value.shape))
+        for key, value in built.items()
+        if key in state and tuple(state[key].shape) != tuple(value.shape)
+    ]
+    if not wrong:
+        return None
+    first_convolution = next((key for key, value in built.items() if value.ndim == 4), None)
+    key, saved, expected = wrong[0]
+    if key == first_convolution and saved[1:2] != expected[1:2]:
+        return (
+            f"in_channels is {config.in_channels}, but the weights take {saved[1]}-channel images"
+        )
+    if all(
+        ours[:1] == (config.num_outputs,) and theirs[:1] != ours[:1] for _, theirs, ours in wrong
+    ):
+        return f"num_outputs is {config.num_outputs}, but the weights give {saved[0]} outputs"
+    return None

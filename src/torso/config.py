@@ -209,6 +209,11 @@ def _check(config: RunConfig) -> None:
         raise TorsoError(
             f"in_channels must be a whole number from 1 to 16, not {config.in_channels!r}"
         )
+    if config.classes is not None and len(config.classes) != config.num_outputs:
+        raise TorsoError(
+            f"classes has {len(config.classes)} names but num_outputs is "
+            f"{config.num_outputs}: give one name per output"
+        )
     if config.resize not in RESIZE_MODES:
         raise TorsoError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {config.resize!r}")
     if config.stats is not None:

@@ -49,7 +49,7 @@ class Predictor:
             parameter = next(model.parameters(), None)
             self.device = parameter.device if parameter is not None else torch.device("cpu")
         else:
-            self.device = torch.device(device)
+            self.device = choose_device(device)
         self.model = model.to(self.device)
 
     def __repr__(self) -> str:
@@ -185,6 +185,39 @@ class Predictor:
 
             results = {key: distributed.gather_in_order(value) for key, value in results.items()}
         return results
+
+
+#: Device types a model can be moved to and run on, and how to ask whether one is present.
+_DEVICE_CHECKS = {
+    "cpu": lambda: True,
+    "cuda": lambda: torch.cuda.is_available(),
+    "mps": lambda: torch.backends.mps.is_available(),
+    "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+}
+
+
+def choose_device(device: str | torch.device, option: str = "device") -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:1", "mps", ...) as a `torch.device` that this machine has.
+
+    A name torch does not know, a device type nothing can run on (`meta`), or a GPU this
+    machine lacks is a `TorsoError` naming `option` (`--device` on the command line).
+    """
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise TorsoError(
+            f"{option} '{device}' is not a device: give cpu, cuda, cuda:N or mps"
+        ) from None
+    available = _DEVICE_CHECKS.get(chosen.type)
+    if available is None:
+        raise TorsoError(f"{option} '{device}': torso runs models on {', '.join(_DEVICE_CHECKS)}")
+    if not available():
+        raise TorsoError(f"{option} '{device}': this machine has no {chosen.type} device; use cpu")
+    if chosen.type == "cuda" and chosen.index is not None:
+        count = torch.cuda.device_count()
+        if chosen.index >= count:
+            raise TorsoError(f"{option} '{device}': this machine has {count} CUDA device(s)")
+    return chosen
 
 
 def _cpu(value: Any) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """`torso ...`: the command-line entry point.
 
 Each command lives in a module of this package with two functions, `add_parser(subparsers)` and
-`run(args) -> int`; add its module name to `COMMANDS` to make it available.
+`run(args) -> int`; add its module name to `COMMANDS` to make it available. A command that
+takes a list of files sets `parser.intermixed = True`, so its options may come anywhere among
+them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ COMMANDS = ["summary", "check", "train", "predict", "lr_find", "demo", "embed", 
 
 
 class _Parser(argparse.ArgumentParser):
+    #: True for a command whose options may come between its positionals (`torso predict RUN
+    #: --best IMAGES...`): argparse alone fills a `nargs="*"` positional with the words before
+    #: the first option and refuses those after it; `parse_known_intermixed_args` takes both.
+    intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self.intermixed:
+            return super().parse_known_args(args, namespace)
+        self.intermixed = False  # the intermixed parse makes two ordinary parses itself
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self.intermixed = True
+
     def error(self, message: str) -> None:
         # One line and exit 2, as argparse does, without the usage block.
         self.exit(2, f"torso: error: {message}\n")

@@ -69,6 +69,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="image reading processes (auto)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.intermixed = True  # images before and after options: `MODEL a.jpg --normalize b/`
     return parser
 
 
@@ -83,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from torso.predictor import choose_device
     from torso.tools.embed import BadImageError, embed_files, list_images, load_embedder
 
     if args.workers is not None and args.workers < 0:
         raise TorsoError(f"--workers must be 0 or more, got {args.workers}")
+    device = choose_device(args.device, "--device") if args.device else None
     files, root = list_images(args.images)
     embedder, identity = load_embedder(
         args.model,
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 skip_bad=args.skip_bad,
                 num_workers=args.workers,
-                device=args.device,
+                device=device,
                 on_batch=lambda count: progress.advance(task_id, count),
             )
         except BadImageError as error:

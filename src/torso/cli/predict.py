@@ -1,13 +1,30 @@
-"""`torso predict RUN IMAGES...`: predictions of a saved model for image files, as CSV."""
+"""`torso predict RUN IMAGES...`: predictions of a saved model for image files, as CSV.
+
+Every image is decoded first, as `torso check` decodes it: a file that cannot be read is
+reported on one line (the file and what is wrong) and left out, the others are predicted and
+written. The exit status is 0, or 1 with `--strict` when a file was left out (and always when
+no image at all could be read).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from torso.cli.options import positive_int
 from torso.errors import TorsoError
+
+#: Threads that decode the images before prediction (PIL decodes without holding the GIL).
+CHECK_THREADS = 8
+
+
+class NothingToPredictError(TorsoError):
+    """Every image given was left out as unreadable."""
+
+    exit_code = 1  # bad data, as `torso check` reports it
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -16,12 +33,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="predict image files with a trained model",
         description=(
             "Load the model saved in RUN (a run folder of `torso train`, or its best/ folder) and "
-            "write one CSV row per image: its path and the prediction. "
+            "write one CSV row per image: its path and the prediction. An image that cannot "
+            "be read is reported (the file and what is wrong) and left out; the others are "
+            "predicted, and the exit status is 0 (1 with --strict). "
             "Example: torso predict runs/pets photos/ --out preds.csv"
         ),
     )
     parser.add_argument("run", help="folder with torso.json and model.safetensors")
-    parser.add_argument("images", nargs="*", help="image files or folders of images")
+    parser.add_argument("images", nargs="*", default=[], help="image files or folders of images")
     parser.add_argument(
         "--pair",
         nargs=2,
@@ -36,7 +55,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="average with mirrored images")
     parser.add_argument("--best", action="store_true", help="use RUN/best (the best epoch)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="batch size (32)")
-    parser.add_argument("--device", help="cpu, cuda ... (default cpu)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when an image could not be read (it is reported and left out "
+        "either way)",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default cpu)")
+    parser.intermixed = True  # `torso predict RUN --best IMAGES` as well as `RUN IMAGES --best`
     return parser
 
 
@@ -66,11 +92,32 @@ def image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def run(args: argparse.Namespace) -> int:
-    from torso.predictor import load
+def unreadable_images(paths: list[Path], in_channels: int) -> dict[Path, str]:
+    """The files of `paths` that cannot be decoded and converted to `in_channels` channels, as
+    `torso check` and training decode them, each with what is wrong."""
+    from torso.data.decode import ImageReadError, converted, decode_image
 
+    def problem(path: Path) -> str | None:
+        try:
+            # As `torso check` decodes: a JPEG draft decodes at a reduced scale, faster, but
+            # still reads the whole stream, so a truncated file is caught all the same.
+            converted(decode_image(path, draft_size=(64, 64)).image, in_channels, path)
+        except ImageReadError as error:
+            return error.reason
+        return None
+
+    threads = max(1, min(CHECK_THREADS, os.cpu_count() or 1, len(paths)))
+    with ThreadPoolExecutor(threads) as pool:
+        found = list(pool.map(problem, paths))
+    return {path: reason for path, reason in zip(paths, found, strict=True) if reason is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from torso.predictor import choose_device, load
+
+    device = choose_device(args.device, "--device") if args.device else None
     folder = Path(args.run) / "best" if args.best else Path(args.run)
-    predictor = load(folder, device=args.device)
+    predictor = load(folder, device=device)
     task = predictor.task
     if args.pair:
         if args.images:
@@ -84,6 +131,22 @@ def run(args: argparse.Namespace) -> int:
         raise TorsoError("give the images to predict: files or folders")
     else:
         paths = image_paths(args.images)
+    bad = unreadable_images(paths, predictor.config.in_channels)
+    for path, reason in bad.items():
+        print(f"torso: skipped {path}: {reason}", file=sys.stderr)
+    if bad:
+        # A pair with an unreadable image is left out whole.
+        group, given = task.images_per_sample, len(paths)
+        samples = [paths[start : start + group] for start in range(0, given, group)]
+        paths = [path for sample in samples if not set(sample) & bad.keys() for path in sample]
+        if not paths:
+            raise NothingToPredictError(
+                f"nothing to predict: {len(bad)} of the {given} image(s) could not be read"
+            )
+        print(
+            f"torso: {len(bad)} unreadable image(s) left out; predicting {len(paths)} image(s)",
+            file=sys.stderr,
+        )
     out = Path(args.out) if args.out else None
     records = task.predict_files(predictor, paths, out, tta=args.tta, batch_size=args.batch_size)
     if not args.pair:
@@ -94,4 +157,4 @@ def run(args: argparse.Namespace) -> int:
                 f"accuracy {accuracy:.4f} against the folder names ({len(paths)} images)",
                 file=sys.stderr,
             )
-    return 0
+    return 1 if bad and args.strict else 0

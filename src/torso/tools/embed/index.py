@@ -28,11 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from torso.errors import TorsoError
 from torso.files import atomic_write
+from torso.predictor import choose_device
 from torso.tools.embed.model import BadImageError, Embedder, ModelIdentity, read_for_embedding
 
 INDEX_FORMAT = "torso-embeddings"
 INDEX_FORMAT_VERSION = 1
 NPY_SUFFIX = ".npy"
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 PARQUET_SUFFIX = ".parquet"
 #: Rows copied at a time when an index is shrunk to the images that could be read.
 COPY_CHUNK_ROWS = 65_536
@@ -94,10 +96,16 @@ def _check_output(out: Path) -> str:
             ) from None
     if out.is_dir():
         raise TorsoError(f"--out '{out}' is a folder; give a file name")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise TorsoError(f"--out '{out}': '{out.parent}' is a file, not a folder")
+    # Try now, before any image is embedded: a folder where no file can be created fails here.
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise TorsoError(f"cannot write to '{out.parent}': {error.strerror or error}") from None
+        raise TorsoError(
+            f"--out '{out}': cannot create the folder '{out.parent}' ({error.strerror or error})"
+        ) from None
+    Path(_temporary_name(out)).unlink()
     return out.suffix
 
 
@@ -178,7 +186,12 @@ class _ParquetRows:
 
 def _temporary_name(out: Path) -> str:
     """A fresh file beside `out`, with ordinary permissions (mkstemp makes it private)."""
-    handle, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    except OSError as error:
+        raise TorsoError(
+            f"--out '{out}': cannot write in '{out.parent}' ({error.strerror or error})"
+        ) from None
     os.close(handle)
     umask = os.umask(0)
     os.umask(umask)
@@ -217,7 +230,10 @@ def embed_files(
         raise TorsoError("no images to embed")
     if root is None:
         root = Path(os.path.commonpath([Path(f).resolve().parent for f in files]))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = choose_device(device)
     embedder = embedder.to(device).eval()
     if device.type == "cuda":
         embedder = embedder.to(memory_format=torch.channels_last)
@@ -323,15 +339,23 @@ def read_index(path: str | os.PathLike) -> EmbeddingIndex:
         info = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise TorsoError(f"'{sidecar}' is damaged: not valid JSON ({error})") from None
+    except OSError as error:
+        raise TorsoError(f"cannot read '{sidecar}': {error.strerror or error}") from None
     _check_format(info, sidecar)
-    try:
-        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise TorsoError(f"index '{path}' is damaged: {error}") from None
-    files = [str(name) for name in info.get("files", [])]
-    if vectors.ndim != 2 or vectors.shape[0] != len(files):
+    vectors = _read_matrix(path)
+    files = info.get("files", [])
+    if not isinstance(files, list):
+        raise TorsoError(f"'{sidecar}' is damaged: 'files' is not a list of file names")
+    files = [str(name) for name in files]
+    dim = info.get("dim")
+    if isinstance(dim, int) and vectors.shape[1] != dim:
         raise TorsoError(
-            f"index '{path}' holds {vectors.shape[0] if vectors.ndim else 0} rows but "
+            f"index '{path}' holds vectors of {vectors.shape[1]} numbers but '{sidecar.name}' "
+            f"says {dim}: the two do not belong together"
+        )
+    if vectors.shape[0] != len(files):
+        raise TorsoError(
+            f"index '{path}' holds {vectors.shape[0]} rows but "
             f"'{sidecar.name}' names {len(files)} files: the two do not belong together"
         )
     return EmbeddingIndex(
@@ -341,6 +365,30 @@ def read_index(path: str | os.PathLike) -> EmbeddingIndex:
         ModelIdentity.from_dict(info["model"], str(sidecar)),
         Path(info.get("root", path.parent)),
     )
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    """The float matrix `(N, D)` in the `.npy` file `path`, memory-mapped; a file that is empty,
+    not a `.npy` file, cut short, or holds anything else is a `TorsoError` naming it."""
+    try:
+        with path.open("rb") as file:
+            start = file.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise TorsoError(f"cannot read index '{path}': {error.strerror or error}") from None
+    if not start:
+        raise TorsoError(f"index '{path}' is empty (0 bytes)")
+    if start != NPY_MAGIC:
+        raise TorsoError(f"index '{path}' is damaged: not a NumPy .npy file")
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise TorsoError(f"index '{path}' is damaged or truncated: {error}") from None
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise TorsoError(
+            f"index '{path}' is damaged: it holds a {vectors.ndim}-d {vectors.dtype} array, "
+            "not a matrix of float vectors"
+        )
+    return vectors
 
 
 def _check_format(info: Any, where: Path) -> None:
