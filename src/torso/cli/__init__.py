@@ -38,8 +38,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"torso: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `torso` parser with every command's subparser."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `torso` parser. Every command is listed (with its `HELP` line), but only the command
+    that `argv` names gets its full parser, so `torso --help` or `torso check` do not import
+    what `torso train`'s options need (every task module). Without `argv`, all are built."""
     from torso.version import __version__
 
     parser = _Parser(
@@ -48,16 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"torso {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name in COMMANDS:
         module = importlib.import_module(f"torso.cli.{name}")
-        sub = module.add_parser(subparsers)
-        sub.set_defaults(_run=module.run)
+        if argv is None or name.replace("_", "-") == chosen:
+            sub = module.add_parser(subparsers)
+            sub.set_defaults(_run=module.run)
+        else:
+            subparsers.add_parser(name.replace("_", "-"), help=module.HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `torso` with `argv` (default: `sys.argv[1:]`) and return the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

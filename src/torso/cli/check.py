@@ -12,6 +12,10 @@ from torso.errors import TorsoError
 from torso.registry import get_task, task_names
 
 #: The task `--task auto` falls back on when no task's layout recognises the data.
+
+
+#: The command's line in `torso --help`.
+HELP = "scan data for unreadable, corrupt or mislabelled files before training"
 FALLBACK_TASK = "classify"
 
 
@@ -29,7 +33,7 @@ class _TaskChoices:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "check",
-        help="scan data for unreadable, corrupt or mislabelled files before training",
+        help=HELP,
         description=(
             "Read every file of DATA as `torso train` would and print a summary (images per "
             "class and split, sizes, modes, mask classes and pixel shares), then every problem "

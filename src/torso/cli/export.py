@@ -6,11 +6,14 @@ import argparse
 
 from torso.cli.options import positive_float, positive_int
 
+#: The command's line in `torso --help`.
+HELP = "export a trained model to ONNX or TorchScript"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export",
-        help="export a trained model to ONNX or TorchScript",
+        help=HELP,
         description=(
             "Export the model saved in RUN (a run folder of `torso train`, or its best/ folder) "
             "for serving without torso: it takes float images (N, C, H, W) in [0, 1], "

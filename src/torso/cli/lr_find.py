@@ -17,11 +17,14 @@ from torso.cli.train import (
 )
 from torso.errors import TorsoError
 
+#: The command's line in `torso --help`.
+HELP = "find a good learning rate for DATA and a backbone"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "lr-find",
-        help="find a good learning rate for DATA and a backbone",
+        help=HELP,
         description=(
             "Train a few batches while the learning rate grows from 1e-7 to 10, plot the loss "
             "against the rate and suggest a rate by fastai's valley rule. The finder trains the "

@@ -18,6 +18,10 @@ from torso.cli.options import positive_int
 from torso.errors import TorsoError
 
 #: Threads that decode the images before prediction (PIL decodes without holding the GIL).
+
+
+#: The command's line in `torso --help`.
+HELP = "predict image files with a trained model"
 CHECK_THREADS = 8
 
 
@@ -30,7 +34,7 @@ class NothingToPredictError(TorsoError):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "predict",
-        help="predict image files with a trained model",
+        help=HELP,
         description=(
             "Load the model saved in RUN (a run folder of `torso train`, or its best/ folder) and "
             "write one CSV row per image: its path and the prediction. An image that cannot "

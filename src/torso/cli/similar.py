@@ -14,11 +14,14 @@ from torso.cli.embed import add_model_arguments
 from torso.cli.options import positive_int, pretrained_choice
 from torso.errors import TorsoError
 
+#: The command's line in `torso --help`.
+HELP = "find the images of an embedding index most similar to an image"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "similar",
-        help="find the images of an embedding index most similar to an image",
+        help=HELP,
         description=(
             "Embed IMAGE with the model that made INDEX (written by `torso embed`) and print "
             "the K most similar images of the index by cosine similarity. "

@@ -8,6 +8,9 @@ from rich.console import Console
 
 from torso.errors import TorsoError
 
+#: The command's line in `torso --help`.
+HELP = "show a model's layers, shapes, cut and parameter groups"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from torso.cli.options import add_task_options
@@ -15,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "summary",
-        help="show a model's layers, shapes, cut and parameter groups",
+        help=HELP,
         description=(
             "Build BACKBONE with a task's head (random weights, nothing is downloaded) and print "
             "the input, each body stage with its output shape and parameters, where the body is "

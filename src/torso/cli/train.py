@@ -35,6 +35,9 @@ from torso.cli.options import (
 from torso.errors import TorsoError
 from torso.numbers import image_size, non_negative_float, non_negative_int
 
+#: The command's line in `torso --help`.
+HELP = "train a model on a folder of images"
+
 DEFAULT_BACKBONE = "resnet18"
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
@@ -124,7 +127,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
-        help="train a model on a folder of images",
+        help=HELP,
         description=(
             "Train BACKBONE with a task head on DATA and write a run folder with the model, "
             "metrics.csv, plots and report.html. With --pretrained (or --weights FILE) it "
