@@ -39,6 +39,9 @@ from torso.numbers import image_size, non_negative_float, non_negative_int
 HELP = "train a model on a folder of images"
 
 DEFAULT_BACKBONE = "resnet18"
+# `torso.data.transforms.Augmentation`'s defaults (not imported: `torso --help` stays torch-free).
+DEFAULT_MAX_ROTATE = 10.0
+DEFAULT_MIN_SCALE = 0.75
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
 RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers")
@@ -48,6 +51,17 @@ NOT_STORED = ("_run", "command", "resume", "overwrite")
 
 
 # -- argument types: a bad value is one line and exit 2 ---------------------------------------
+def area_share(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `torso train` and `torso lr-find`."""
     from torso.registry import task_names
@@ -112,6 +126,26 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="let a CSV name images outside the data folder (../x.png, absolute paths)",
     )
     parser.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    parser.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="no random horizontal flip (for digits, text, anything that mirroring changes)",
+    )
+    parser.add_argument(
+        "--max-rotate",
+        type=non_negative_float,
+        default=DEFAULT_MAX_ROTATE,
+        metavar="DEG",
+        help=f"largest random rotation in degrees ({DEFAULT_MAX_ROTATE:g})",
+    )
+    parser.add_argument(
+        "--min-scale",
+        type=area_share,
+        default=DEFAULT_MIN_SCALE,
+        metavar="S",
+        help="smallest share of the image's area the random crop keeps; 1: no crop "
+        f"({DEFAULT_MIN_SCALE:g})",
+    )
     parser.add_argument("--no-cache", action="store_true", help="decode images every epoch")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -281,7 +315,7 @@ def load_training_data(args: argparse.Namespace):
         num_workers=args.workers,
         seed=args.seed,
         valid_pct=args.valid_pct,
-        augment=not args.no_augment,
+        augment=augmentation(args),
         cache=not args.no_cache,
         skip_bad=args.skip_bad,
         in_channels=args.in_channels,
@@ -292,6 +326,19 @@ def load_training_data(args: argparse.Namespace):
     )
     set_compute_threads(getattr(args, "threads", None), dls.train.num_workers)
     return dls
+
+
+def augmentation(args: argparse.Namespace):
+    """The training `Augmentation` the command line asks for (None with --no-augment)."""
+    from torso.data.transforms import Augmentation
+
+    if args.no_augment:
+        return None
+    return Augmentation(
+        flip=not getattr(args, "no_flip", False),
+        max_rotate=getattr(args, "max_rotate", DEFAULT_MAX_ROTATE),
+        min_scale=getattr(args, "min_scale", DEFAULT_MIN_SCALE),
+    )
 
 
 def set_compute_threads(requested: int | None, loader_workers: int) -> int:
