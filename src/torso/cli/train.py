@@ -1,8 +1,10 @@
 """`torso train DATA`: fine-tune (or train) a model on a folder of images and write a run folder.
 
 The run folder (`--out`, default `runs/<data folder name>`) receives `model.safetensors` +
-`torso.json` (the final model), `best/` (the best epoch's model), `state.safetensors` (for
-`--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
+`torso.json` (the final model), `best/` (the best epoch's model), `train_args.json`,
+`metrics.csv`, the plots and `report.html`. `state.safetensors` (model, optimiser and schedule,
+for `--resume`) is written after each epoch and removed once the run completes, unless
+`--keep-state`; a completed run cannot be resumed.
 
 A folder that holds a run already is refused unless `--resume` or `--overwrite`; the process
 holds an exclusive lock on the folder while it trains (`torso.train.run_folder`), and
@@ -44,8 +46,8 @@ DEFAULT_MAX_ROTATE = 10.0
 DEFAULT_MIN_SCALE = 0.75
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
-RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers")
-MAY_CHANGE_TEXT = "DATA, --quiet, --device, --workers"
+RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers", "keep_state")
+MAY_CHANGE_TEXT = "DATA, --quiet, --device, --workers, --keep-state"
 # Not saved with a run's arguments: how this command was started, not what the run is.
 NOT_STORED = ("_run", "command", "resume", "overwrite")
 
@@ -222,6 +224,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out",
         help="run folder (default runs/<data folder name>); a folder that holds a run already "
         "is refused unless --resume or --overwrite",
+    )
+    parser.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the optimiser state (state.safetensors) once the run completes; by default "
+        "only a killed run keeps it, for --resume",
     )
     parser.add_argument(
         "--overwrite",
@@ -460,6 +468,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         out = resumed_folder(args)
+        check_not_complete(out)
         args = resumed_arguments(args, out)
     else:
         out = Path(args.out) if args.out else default_run_folder(args.data)
@@ -496,6 +505,17 @@ def resumed_folder(args: argparse.Namespace) -> Path:
     if not (out / ARGS_FILE).exists():
         raise TorsoError(f"cannot resume: '{out}' has no {ARGS_FILE} (not a torso run folder)")
     return out
+
+
+def check_not_complete(out: Path) -> None:
+    """Refuse to resume a completed run: it has its final model and no training state left."""
+    from torso.train.state import STATE_FILE
+
+    if (out / "torso.json").exists() and not (out / STATE_FILE).exists():
+        raise TorsoError(
+            f"cannot resume: the run in '{out}' is complete; to train "
+            f"further, start a new run with --weights {out / 'model.safetensors'} and another --out"
+        )
 
 
 def resumed_arguments(args: argparse.Namespace, out: Path) -> argparse.Namespace:
@@ -590,9 +610,20 @@ def _train_in(args: argparse.Namespace, out: Path) -> int:
     final = learner.history[-1] if learner.history else {}
     hidden = {"epoch", "time", "lr", *task.per_class_metrics(learner.config)}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in hidden)
+    if not getattr(args, "keep_state", False):
+        # Last, so that a run killed before this point can still be resumed to its end.
+        drop_training_state(out)
     print(f"saved model to {out}  {shown}", flush=True)
     print(f"report: {report}", flush=True)
     return 0
+
+
+def drop_training_state(out: Path) -> None:
+    """Remove the training state of a completed run (the optimiser's moments take twice the
+    model's size; the model, `best/`, metrics and report stay)."""
+    from torso.train.state import STATE_FILE
+
+    (out / STATE_FILE).unlink(missing_ok=True)
 
 
 def _fit(args: argparse.Namespace, learner, pretrained, out: Path):
