@@ -6,14 +6,16 @@ images shipped inside the `scikit-learn` package, written once as PNG class fold
 32 px; `torso train` holds out 20% of them, seed 0). Digits are the case where a mirrored image
 is another (or no) digit.
 
-Each recipe is one `torso train` subprocess: the packaged pretrained `tf_efficientnet_lite0`
-(`--pretrained`, as `torso demo` uses), `--size`, `--epochs` (one of them with the body frozen),
-`--threads 1 --workers 0`; the recipes differ only in `--lr` and the augmentation switches.
+Each recipe is one `torso train` subprocess with `--size`, `--epochs`, `--threads 1 --workers 0`.
+The fine-tuning recipes (the default) start from the packaged pretrained `tf_efficientnet_lite0`
+(`--pretrained`, as `torso demo` uses; one epoch with the body frozen) and differ only in `--lr`
+and the augmentation switches; the `scratch:` ones train resnet18 from random weights.
 Printed: set, recipe, final validation accuracy, wall time, threads/workers.
 
     pip install scikit-learn        # for the digits only
     python benchmarks/defaults.py                      # all recipes on both sets
     python benchmarks/defaults.py --sets digits --epochs 1
+    python benchmarks/defaults.py --sets digits --recipes "scratch: old lr 1e-3" "scratch: lr 1e-2"
 """
 
 from __future__ import annotations
@@ -27,13 +29,22 @@ import tempfile
 import time
 from pathlib import Path
 
+FINE_TUNE = ["--pretrained", "--backbone", "tf_efficientnet_lite0"]
+SCRATCH = ["--backbone", "resnet18"]
 # name -> the `torso train` options that make the recipe
 RECIPES = {
-    "old: lr 2e-3, flip, crop 0.75": ["--lr", "2e-3"],
-    "lr 1e-2, flip, crop 0.75": ["--lr", "1e-2"],
-    "lr 1e-2, no flip, crop 0.75": ["--lr", "1e-2", "--no-flip"],
-    "lr 1e-2, no flip, no crop": ["--lr", "1e-2", "--no-flip", "--min-scale", "1"],
+    "old: lr 2e-3, flip, crop 0.75": [*FINE_TUNE, "--lr", "2e-3"],
+    "lr 1e-2, flip, crop 0.75": [*FINE_TUNE, "--lr", "1e-2"],
+    "lr 1e-2, no flip, crop 0.75": [*FINE_TUNE, "--lr", "1e-2", "--no-flip"],
+    "lr 1e-2, flip, no crop": [*FINE_TUNE, "--lr", "1e-2", "--min-scale", "1"],
+    "lr 1e-2, no flip, no crop": [*FINE_TUNE, "--lr", "1e-2", "--no-flip", "--min-scale", "1"],
 }
+# Training from random weights (one-cycle): resnet18, about 4x slower than the above.
+SCRATCH_RECIPES = {
+    "scratch: old lr 1e-3": [*SCRATCH, "--lr", "1e-3", "--no-flip", "--min-scale", "1"],
+    "scratch: lr 1e-2": [*SCRATCH, "--lr", "1e-2", "--no-flip", "--min-scale", "1"],
+}
+ALL_RECIPES = {**RECIPES, **SCRATCH_RECIPES}
 
 
 def write_digits(folder: Path, size: int = 32) -> Path:
@@ -70,9 +81,6 @@ def train(data: Path, out: Path, options: list[str], args) -> tuple[float, float
         "torso",
         "train",
         str(data),
-        "--pretrained",
-        "--backbone",
-        "tf_efficientnet_lite0",
         "--size",
         str(args.size),
         "--batch-size",
@@ -99,7 +107,13 @@ def train(data: Path, out: Path, options: list[str], args) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=list(ALL_RECIPES),
+        default=list(RECIPES),
+        help="default: the fine-tuning ones",
+    )
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--work", help="folder for the data and runs (default: a temporary one)")
@@ -111,7 +125,7 @@ def main() -> None:
         data = SETS[name](work / "data" / name)
         for recipe in args.recipes:
             out = work / "runs" / f"{name}-{recipe.replace(' ', '').replace(':', '')}"
-            accuracy, seconds = train(data, out, RECIPES[recipe], args)
+            accuracy, seconds = train(data, out, ALL_RECIPES[recipe], args)
             print(f"{name:<14} {recipe:<30} {accuracy:>8.4f} {seconds:>7.0f}  1/0", flush=True)
 
 

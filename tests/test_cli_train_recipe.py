@@ -116,3 +116,39 @@ def test_a_completed_run_drops_its_state_unless_keep_state(data, tmp_path, capsy
         f"torso: error: cannot resume: the run in '{run}' is complete; to train further, start "
         f"a new run with --weights {run / 'model.safetensors'} and another --out"
     ]
+
+
+class Stop(Exception):
+    """Raised by a recording stand-in once the learning rate is known."""
+
+
+@pytest.mark.parametrize(
+    "options, method, expected",
+    [
+        (["--weights", "{weights}"], "fine_tune", 1e-2),
+        ([], "fit_one_cycle", 1e-3),
+        (["--weights", "{weights}", "--lr", "3e-4"], "fine_tune", 3e-4),
+    ],
+)
+def test_the_default_learning_rates(data, tmp_path, monkeypatch, options, method, expected):
+    """Fine-tuning starts at 1e-2 and training from random weights at 1e-3 (measured by
+    benchmarks/defaults.py); --lr overrides both."""
+    import timm
+    from safetensors.torch import save_file
+
+    from torso.train.learner import Learner
+
+    weights = tmp_path / "body.safetensors"
+    body = timm.create_model("test_resnet").state_dict()
+    save_file({k: v.contiguous() for k, v in body.items()}, weights)
+    used = []
+
+    def record(self, epochs, lr, **kwargs):
+        used.append(lr)
+        raise Stop
+
+    monkeypatch.setattr(Learner, method, record)
+    options = [option.format(weights=weights) for option in options]
+    with pytest.raises(Stop):
+        main(["train", str(data), *TINY, "--out", str(tmp_path / "run"), *options])
+    assert used == [expected]

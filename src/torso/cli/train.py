@@ -44,6 +44,9 @@ DEFAULT_BACKBONE = "resnet18"
 # `torso.data.transforms.Augmentation`'s defaults (not imported: `torso --help` stays torch-free).
 DEFAULT_MAX_ROTATE = 10.0
 DEFAULT_MIN_SCALE = 0.75
+# Peak learning rates of the head; chosen by `benchmarks/defaults.py` (see benchmarks/README.md).
+FINE_TUNE_LR = 1e-2
+SCRATCH_LR = 1e-3
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
 RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers", "keep_state")
@@ -178,7 +181,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--lr",
         type=positive_float,
         default=None,
-        help="peak learning rate of the head (default 2e-3 fine-tuning, 1e-3 otherwise)",
+        help=f"peak learning rate of the head (default {FINE_TUNE_LR:g} fine-tuning, "
+        f"{SCRATCH_LR:g} otherwise)",
     )
     parser.add_argument(
         "--lr-find",
@@ -647,9 +651,9 @@ def _fit(args: argparse.Namespace, learner, pretrained, out: Path):
         if not args.quiet and main_process:
             print(f"lr_find suggests {lr:.2e}", flush=True)
     if pretrained:
-        learner.fine_tune(args.epochs, lr or 2e-3, freeze_epochs=args.freeze_epochs)
+        learner.fine_tune(args.epochs, lr or FINE_TUNE_LR, freeze_epochs=args.freeze_epochs)
     else:
-        learner.fit_one_cycle(args.epochs, lr or 1e-3)
+        learner.fit_one_cycle(args.epochs, lr or SCRATCH_LR)
     return lr_curve
 
 
