@@ -43,7 +43,7 @@ HELP = "train a model on a folder of images"
 DEFAULT_BACKBONE = "resnet18"
 # `torso.data.transforms.Augmentation`'s defaults (not imported: `torso --help` stays torch-free).
 DEFAULT_MAX_ROTATE = 10.0
-DEFAULT_MIN_SCALE = 0.75
+DEFAULT_MIN_SCALE = 1.0
 # Peak learning rates of the head; chosen by `benchmarks/defaults.py` (see benchmarks/README.md).
 FINE_TUNE_LR = 1e-2
 SCRATCH_LR = 1e-3
