@@ -46,7 +46,7 @@ DEFAULT_MAX_ROTATE = 10.0
 DEFAULT_MIN_SCALE = 1.0
 # Peak learning rates of the head; chosen by `benchmarks/defaults.py` (see benchmarks/README.md).
 FINE_TUNE_LR = 1e-2
-SCRATCH_LR = 1e-3
+SCRATCH_LR = 1e-2
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
 RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers", "keep_state")
@@ -182,7 +182,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=positive_float,
         default=None,
         help=f"peak learning rate of the head (default {FINE_TUNE_LR:g} fine-tuning, "
-        f"{SCRATCH_LR:g} otherwise)",
+        f"{SCRATCH_LR:g} from random weights)",
     )
     parser.add_argument(
         "--lr-find",
