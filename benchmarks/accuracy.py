@@ -5,8 +5,8 @@ The recipe: `tf_efficientnet_lite0` with the ImageNet weights of the
 base_lr)` (one frozen epoch, then all groups with `slice(base_lr / 100, base_lr)`), Adam(W) with
 weight decay 0.01, batches of `--batch-size`, images of `--size` px; each library's own
 presizing augmentation (fastai: `Resize(1.25 * size)` per item + `aug_transforms(size=size,
-min_scale=0.75)` per batch, as in the book; torso: `load_data`'s default `Augmentation`, the same
-settings) and each library's own loaders with their default workers. The same call spreads
+min_scale=0.75)` per batch, as in the book; torso: `load_data` with `Augmentation(min_scale=0.75)`,
+the same settings) and each library's own loaders with their default workers. The same call spreads
 the slice differently: fastai splits a timm model in two groups (body at `base_lr / 200`, head at
 `base_lr / 2`), torso in three (stem at `base_lr / 200`, the rest of the body at `base_lr / 20`,
 head at `base_lr / 2`; timm's `group_matcher`, rates spread geometrically as fastai's `slice`).
@@ -180,13 +180,17 @@ def seed_everything(seed: int) -> None:
 # -- torso -------------------------------------------------------------------------------------
 def run_torso(args, folder: Path, shared) -> Result:
     from torso.data import load_data
+    from torso.data.transforms import Augmentation
     from torso.models import create_model
     from torso.tasks import get_task
     from torso.train.learner import Learner
 
     seed_everything(args.seed)
     cpu_start, start = cpu_seconds(), time.perf_counter()
-    dls = load_data(folder, size=args.size, batch_size=args.batch_size, seed=args.seed)
+    augment = Augmentation(min_scale=MIN_SCALE)  # the book's crop, as fastai's side gets
+    dls = load_data(
+        folder, size=args.size, batch_size=args.batch_size, seed=args.seed, augment=augment
+    )
     model = create_model(BACKBONE, dls.num_outputs, pretrained=True)
     learner = Learner(model, dls.train, dls.valid, task=get_task("classify"))
     ready = time.perf_counter()

@@ -31,9 +31,11 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished_run(data, tmp_path_factory):
-    """A finished one-epoch run (not to be changed by the tests that use it)."""
+    """A finished one-epoch run that kept its state (not to be changed by the tests that use
+    it)."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["train", str(data), *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    arguments = ["train", str(data), *TINY, "--epochs", "1", "--out", str(run), "--keep-state"]
+    assert main(arguments) == 0
     return run
 
 
@@ -215,7 +217,8 @@ def test_resume_of_a_missing_folder_is_one_line(data, tmp_path, capsys):
 
 def test_resume_removes_a_killed_writers_temporary_files(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(data), *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    arguments = ["train", str(data), *TINY, "--epochs", "1", "--out", str(run), "--keep-state"]
+    assert main(arguments) == 0
     left = [run / ".state.safetensors.k1ll3d_x.tmp", run / "best" / ".torso.json.abc123.tmp"]
     for path in left:
         path.write_bytes(b"half a file")

@@ -1,8 +1,10 @@
 """`torso train DATA`: fine-tune (or train) a model on a folder of images and write a run folder.
 
 The run folder (`--out`, default `runs/<data folder name>`) receives `model.safetensors` +
-`torso.json` (the final model), `best/` (the best epoch's model), `state.safetensors` (for
-`--resume`), `train_args.json`, `metrics.csv`, the plots and `report.html`.
+`torso.json` (the final model), `best/` (the best epoch's model), `train_args.json`,
+`metrics.csv`, the plots and `report.html`. `state.safetensors` (model, optimiser and schedule,
+for `--resume`) is written after each epoch and removed once the run completes, unless
+`--keep-state`; a completed run cannot be resumed.
 
 A folder that holds a run already is refused unless `--resume` or `--overwrite`; the process
 holds an exclusive lock on the folder while it trains (`torso.train.run_folder`), and
@@ -39,15 +41,32 @@ from torso.numbers import image_size, non_negative_float, non_negative_int
 HELP = "train a model on a folder of images"
 
 DEFAULT_BACKBONE = "resnet18"
+# `torso.data.transforms.Augmentation`'s defaults (not imported: `torso --help` stays torch-free).
+DEFAULT_MAX_ROTATE = 10.0
+DEFAULT_MIN_SCALE = 1.0
+# Peak learning rates of the head; chosen by `benchmarks/defaults.py` (see benchmarks/README.md).
+FINE_TUNE_LR = 1e-2
+SCRATCH_LR = 1e-2
 ARGS_FILE = "train_args.json"
 # What a resumed run may take from the new command line; every other option is the run's own.
-RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers")
-MAY_CHANGE_TEXT = "DATA, --quiet, --device, --workers"
+RESUME_MAY_CHANGE = ("data", "quiet", "device", "workers", "keep_state")
+MAY_CHANGE_TEXT = "DATA, --quiet, --device, --workers, --keep-state"
 # Not saved with a run's arguments: how this command was started, not what the run is.
 NOT_STORED = ("_run", "command", "resume", "overwrite")
 
 
 # -- argument types: a bad value is one line and exit 2 ---------------------------------------
+def area_share(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by `torso train` and `torso lr-find`."""
     from torso.registry import task_names
@@ -112,6 +131,26 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="let a CSV name images outside the data folder (../x.png, absolute paths)",
     )
     parser.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    parser.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="no random horizontal flip (for digits, text, anything that mirroring changes)",
+    )
+    parser.add_argument(
+        "--max-rotate",
+        type=non_negative_float,
+        default=DEFAULT_MAX_ROTATE,
+        metavar="DEG",
+        help=f"largest random rotation in degrees ({DEFAULT_MAX_ROTATE:g})",
+    )
+    parser.add_argument(
+        "--min-scale",
+        type=area_share,
+        default=DEFAULT_MIN_SCALE,
+        metavar="S",
+        help="smallest share of the image's area the random crop keeps; 1: no crop "
+        f"({DEFAULT_MIN_SCALE:g})",
+    )
     parser.add_argument("--no-cache", action="store_true", help="decode images every epoch")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -142,7 +181,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--lr",
         type=positive_float,
         default=None,
-        help="peak learning rate of the head (default 2e-3 fine-tuning, 1e-3 otherwise)",
+        help=f"peak learning rate of the head (default {FINE_TUNE_LR:g} fine-tuning, "
+        f"{SCRATCH_LR:g} from random weights)",
     )
     parser.add_argument(
         "--lr-find",
@@ -188,6 +228,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out",
         help="run folder (default runs/<data folder name>); a folder that holds a run already "
         "is refused unless --resume or --overwrite",
+    )
+    parser.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the optimiser state (state.safetensors) once the run completes; by default "
+        "only a killed run keeps it, for --resume",
     )
     parser.add_argument(
         "--overwrite",
@@ -281,7 +327,7 @@ def load_training_data(args: argparse.Namespace):
         num_workers=args.workers,
         seed=args.seed,
         valid_pct=args.valid_pct,
-        augment=not args.no_augment,
+        augment=augmentation(args),
         cache=not args.no_cache,
         skip_bad=args.skip_bad,
         in_channels=args.in_channels,
@@ -292,6 +338,19 @@ def load_training_data(args: argparse.Namespace):
     )
     set_compute_threads(getattr(args, "threads", None), dls.train.num_workers)
     return dls
+
+
+def augmentation(args: argparse.Namespace):
+    """The training `Augmentation` the command line asks for (None with --no-augment)."""
+    from torso.data.transforms import Augmentation
+
+    if args.no_augment:
+        return None
+    return Augmentation(
+        flip=not getattr(args, "no_flip", False),
+        max_rotate=getattr(args, "max_rotate", DEFAULT_MAX_ROTATE),
+        min_scale=getattr(args, "min_scale", DEFAULT_MIN_SCALE),
+    )
 
 
 def set_compute_threads(requested: int | None, loader_workers: int) -> int:
@@ -413,6 +472,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         out = resumed_folder(args)
+        check_not_complete(out)
         args = resumed_arguments(args, out)
     else:
         out = Path(args.out) if args.out else default_run_folder(args.data)
@@ -449,6 +509,17 @@ def resumed_folder(args: argparse.Namespace) -> Path:
     if not (out / ARGS_FILE).exists():
         raise TorsoError(f"cannot resume: '{out}' has no {ARGS_FILE} (not a torso run folder)")
     return out
+
+
+def check_not_complete(out: Path) -> None:
+    """Refuse to resume a completed run: it has its final model and no training state left."""
+    from torso.train.state import STATE_FILE
+
+    if (out / "torso.json").exists() and not (out / STATE_FILE).exists():
+        raise TorsoError(
+            f"cannot resume: the run in '{out}' is complete; to train "
+            f"further, start a new run with --weights {out / 'model.safetensors'} and another --out"
+        )
 
 
 def resumed_arguments(args: argparse.Namespace, out: Path) -> argparse.Namespace:
@@ -543,9 +614,20 @@ def _train_in(args: argparse.Namespace, out: Path) -> int:
     final = learner.history[-1] if learner.history else {}
     hidden = {"epoch", "time", "lr", *task.per_class_metrics(learner.config)}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in hidden)
+    if not getattr(args, "keep_state", False):
+        # Last, so that a run killed before this point can still be resumed to its end.
+        drop_training_state(out)
     print(f"saved model to {out}  {shown}", flush=True)
     print(f"report: {report}", flush=True)
     return 0
+
+
+def drop_training_state(out: Path) -> None:
+    """Remove the training state of a completed run (the optimiser's moments take twice the
+    model's size; the model, `best/`, metrics and report stay)."""
+    from torso.train.state import STATE_FILE
+
+    (out / STATE_FILE).unlink(missing_ok=True)
 
 
 def _fit(args: argparse.Namespace, learner, pretrained, out: Path):
@@ -569,9 +651,9 @@ def _fit(args: argparse.Namespace, learner, pretrained, out: Path):
         if not args.quiet and main_process:
             print(f"lr_find suggests {lr:.2e}", flush=True)
     if pretrained:
-        learner.fine_tune(args.epochs, lr or 2e-3, freeze_epochs=args.freeze_epochs)
+        learner.fine_tune(args.epochs, lr or FINE_TUNE_LR, freeze_epochs=args.freeze_epochs)
     else:
-        learner.fit_one_cycle(args.epochs, lr or 1e-3)
+        learner.fit_one_cycle(args.epochs, lr or SCRATCH_LR)
     return lr_curve
 
 
