@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 
+import pytest
 import torch
 from box_builders import shapes, write_yolo
 from torchmetrics.detection import MeanAveragePrecision
@@ -14,6 +15,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torso.cli import main
 from torso.data.boxes import read_boxes
 from torso.data.sources import split_items
+from torso.errors import TorsoError
 
 #: What the run must reach on its validation images. Measured: 0.8 to 0.9 after 8 to 10 such
 #: epochs; a box pipeline that loses the boxes' geometry (e.g. boxes not resized with their
@@ -66,3 +68,27 @@ def test_train_detect_and_predict_coco_results(tmp_path):
     # in the original images' pixels (64x48, not the 64x64 the model saw): the same boxes
     assert abs(float(found["map_50"]) - float(last["map_50"])) < 0.02
     assert abs(float(found["map"]) - float(last["map"])) < 0.02
+
+    # --score-threshold overrides the run's saved 0.05 for this prediction only
+    assert min(r["score"] for r in results) < 0.3  # the saved threshold keeps low scores
+    strict = tmp_path / "strict.json"
+    command = ["predict", str(run), str(folder), "--out", str(strict)]
+    assert main([*command, "--score-threshold", "0.3"]) == 0
+    kept = json.loads(strict.read_text())
+    assert kept == [r for r in results if r["score"] >= 0.3]
+    assert json.loads((run / "torso.json").read_text())["task_options"]["score_threshold"] == 0.05
+    with pytest.raises(SystemExit) as exited:  # argparse: one line, exit 2
+        main([*command, "--score-threshold", "1.5"])
+    assert exited.value.code == 2
+
+
+def test_prediction_option_of_another_task_is_refused():
+    from argparse import Namespace
+
+    from torso.cli.predict import prediction_overrides
+    from torso.tasks import get_task
+
+    args = Namespace(run="runs/pets", score_threshold=0.3)
+    with pytest.raises(TorsoError, match="--score-threshold is not an option of 'runs/pets'"):
+        prediction_overrides(args, get_task("classify"))
+    assert prediction_overrides(Namespace(run="r", score_threshold=None), get_task("detect")) == {}

@@ -68,6 +68,8 @@ class Task:
         main_metric: the metric that early stopping and save-best watch.
         higher_is_better: the direction of `main_metric`.
         cli_options: the options `torso train` offers for this task (`TaskOption`s).
+        prediction_options: the names of those `torso predict` may change for one
+            prediction (e.g. a score threshold); the others are fixed by the trained model.
         images_per_sample: images one prediction takes (2 for a pair).
         input_names: names of the model's inputs in an exported graph.
         output_meaning: what the model's raw outputs are, for an export's description.
@@ -78,6 +80,7 @@ class Task:
     main_metric: str = "valid_loss"
     higher_is_better: bool = False
     cli_options: tuple[TaskOption, ...] = ()
+    prediction_options: tuple[str, ...] = ()
     images_per_sample: int = 1
     input_names: tuple[str, ...] = ("images",)
     output_meaning: str = "model outputs"

@@ -119,7 +119,8 @@ class DetectTask(Task):
         pyramid_channels: the width of the feature pyramid and the detector head (256; a
             multiple of 32 and at least 64 for FCOS).
         score_threshold: `torso predict` and `describe` keep detections scoring at least this
-            (the model itself keeps those above 0.05, as torchvision's detectors do).
+            (the model itself keeps those above 0.05, as torchvision's detectors do); saved
+            with the run, `torso predict --score-threshold` overrides it.
     """
 
     name = "detect"
@@ -138,6 +139,7 @@ class DetectTask(Task):
             "score_threshold", fraction, 0.05, "predictions keep boxes scoring at least this"
         ),
     )
+    prediction_options = ("score_threshold",)
     output_meaning = (
         "detections (N, D, 6): x0, y0, x1, y1 in pixels of the prepared image, score, class "
         "index; padded with score 0 and class -1"
