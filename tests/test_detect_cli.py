@@ -69,26 +69,29 @@ def test_train_detect_and_predict_coco_results(tmp_path):
     assert abs(float(found["map_50"]) - float(last["map_50"])) < 0.02
     assert abs(float(found["map"]) - float(last["map"])) < 0.02
 
-    # --score-threshold overrides the run's saved 0.05 for this prediction only
+    # --task-option score_threshold=... overrides the run's saved 0.05 for this prediction only
     assert min(r["score"] for r in results) < 0.3  # the saved threshold keeps low scores
     strict = tmp_path / "strict.json"
-    command = ["predict", str(run), str(folder), "--out", str(strict)]
-    assert main([*command, "--score-threshold", "0.3"]) == 0
+    command = ["predict", str(run), str(folder), "--out", str(strict), "--task-option"]
+    assert main([*command, "score_threshold=0.3"]) == 0
     kept = json.loads(strict.read_text())
     assert kept == [r for r in results if r["score"] >= 0.3]
     assert json.loads((run / "torso.json").read_text())["task_options"]["score_threshold"] == 0.05
-    with pytest.raises(SystemExit) as exited:  # argparse: one line, exit 2
-        main([*command, "--score-threshold", "1.5"])
-    assert exited.value.code == 2
+    assert main([*command, "score-threshold=1.5"]) == 2  # not a fraction
+    assert main([*command, "detector=retinanet"]) == 2  # fixed by training
 
 
 def test_prediction_option_of_another_task_is_refused():
-    from argparse import Namespace
-
     from torso.cli.predict import prediction_overrides
     from torso.tasks import get_task
 
-    args = Namespace(run="runs/pets", score_threshold=0.3)
-    with pytest.raises(TorsoError, match="--score-threshold is not an option of 'runs/pets'"):
-        prediction_overrides(args, get_task("classify"))
-    assert prediction_overrides(Namespace(run="r", score_threshold=None), get_task("detect")) == {}
+    detect = get_task("detect")
+    assert prediction_overrides(["score_threshold=0.3"], detect, "r") == {"score_threshold": 0.3}
+    assert prediction_overrides(["--score-threshold=0.5"], detect, "r") == {"score_threshold": 0.5}
+    assert prediction_overrides([], detect, "r") == {}
+    with pytest.raises(TorsoError, match="a classify run such as 'runs/pets' takes NAME=VALUE"):
+        prediction_overrides(["score_threshold=0.3"], get_task("classify"), "runs/pets")
+    with pytest.raises(TorsoError, match="must be in"):
+        prediction_overrides(["score_threshold=2"], detect, "r")
+    with pytest.raises(TorsoError, match="NAME one of: score_threshold"):
+        prediction_overrides(["score_threshold"], detect, "r")

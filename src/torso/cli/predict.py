@@ -66,44 +66,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "either way)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    add_prediction_options(parser)
+    parser.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a task option the run saved, for this prediction only (repeatable); "
+        "detect: score_threshold=0.3 keeps the boxes scoring at least 0.3",
+    )
     parser.intermixed = True  # `torso predict RUN --best IMAGES` as well as `RUN IMAGES --best`
     return parser
 
 
-def add_prediction_options(parser: argparse.ArgumentParser) -> None:
-    """The task options a prediction may change (`Task.prediction_options`, e.g. detect's
-    `--score-threshold`), grouped per task; unset, the run's saved value holds."""
-    from torso.registry import task_class, task_names
-
-    seen: set[str] = set()
-    for name in task_names():
-        task = task_class(name)
-        chosen = [o for o in task.cli_options if o.name in task.prediction_options]
-        chosen = [o for o in chosen if o.name not in seen]
-        if not chosen:
-            continue
-        group = parser.add_argument_group(f"{name} options (default: the run's own)")
-        for option in chosen:
-            seen.add(option.name)
-            group.add_argument(option.flag, dest=option.name, type=option.type, help=option.help)
-
-
-def prediction_overrides(args: argparse.Namespace, task) -> dict:
-    """The prediction options given on the command line, checked against the run's task: an
-    option of another task, or one this task fixes at training, is a `TorsoError`."""
-    from torso.registry import task_class, task_names
-
+def prediction_overrides(pairs: list[str], task, run: str) -> dict:
+    """`--task-option NAME=VALUE` words → the task options they set, each parsed by its
+    `TaskOption.type`. Only the run's task's `prediction_options` may be changed; anything else
+    (a name it fixes at training, another task's option, a bad value) is a `TorsoError`."""
+    changeable = {o.name: o for o in task.cli_options if o.name in task.prediction_options}
+    named = ", ".join(changeable) or "none"
     given = {}
-    for name in task_names():
-        for option in task_class(name).prediction_options:
-            value = getattr(args, option, None)
-            if value is None or option in given:
-                continue
-            if option not in task.prediction_options:
-                flag = "--" + option.replace("_", "-")
-                raise TorsoError(f"{flag} is not an option of '{args.run}', a {task.name} run")
-            given[option] = value
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not equals or name not in changeable:
+            raise TorsoError(
+                f"--task-option {pair!r}: a {task.name} run such as '{run}' takes NAME=VALUE "
+                f"with NAME one of: {named}"
+            )
+        try:
+            given[name] = changeable[name].type(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            raise TorsoError(f"--task-option {pair!r}: {error}") from None
     return given
 
 
@@ -159,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     device = choose_device(args.device, "--device") if args.device else None
     folder = Path(args.run) / "best" if args.best else Path(args.run)
     predictor = load(folder, device=device)
-    overrides = prediction_overrides(args, predictor.task)
+    overrides = prediction_overrides(args.task_option, predictor.task, args.run)
     if overrides:
         from torso.tasks import get_task
 
