@@ -196,6 +196,16 @@ class Task:
         """Task-specific fields of an exported model's JSON description."""
         return {}
 
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """What an export traces: a module from the input images to one tensor (the model
+        itself by default; a detector wraps its decoded detections)."""
+        return model
+
+    def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
+        """How far an exported model's outputs are from PyTorch's (same shapes): the largest
+        absolute difference by default."""
+        return float((produced - expected).abs().max())
+
     # -- prediction files --------------------------------------------------------------------
     def predict_files(
         self,

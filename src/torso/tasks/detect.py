@@ -45,6 +45,9 @@ DETECTIONS_PER_IMAGE = 100
 REPORT_SAMPLES = 6
 #: The report draws the predictions scoring at least this.
 FIGURE_SCORE = 0.3
+#: An export is compared with PyTorch on the detections scoring at least this: well above the
+#: model's own cut (0.05), so a score that rounding moves across that cut is no difference.
+EXPORT_CHECK_SCORE = 0.1
 
 
 class MapValue(Metric):
@@ -277,6 +280,42 @@ class DetectTask(Task):
 
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         raise TorsoError("test-time augmentation is not available for detection")
+
+    # -- export ------------------------------------------------------------------------------
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The detector with its post-processing (score cut, NMS, top-k) and padding: images →
+        `(N, D, 6)`, the rows `activation` gives."""
+        from torso.models.detection import PaddedDetectionModel
+
+        return PaddedDetectionModel(model, DETECTIONS_PER_IMAGE)
+
+    def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
+        """Per image, each detection scoring at least `EXPORT_CHECK_SCORE` in one output is
+        paired with the closest detection of its class in the other (any score): the largest
+        absolute difference of box corners and score over those pairs (a box one output lacks
+        is paired with another box, far off; infinite when the other has none of its class).
+        Rows of nearly equal scores may come out in another order without counting as a
+        difference."""
+        largest = 0.0
+        for one, other in ((expected, produced), (produced, expected)):
+            for rows, candidates in zip(one, other, strict=True):
+                rows = rows[(rows[:, 5] >= 0) & (rows[:, 4] >= EXPORT_CHECK_SCORE)]
+                candidates = candidates[candidates[:, 5] >= 0]
+                for row in rows:
+                    same = candidates[candidates[:, 5] == row[5]]
+                    if not len(same):
+                        return float("inf")
+                    closest = (same[:, :5] - row[:5]).abs().max(dim=1).values.min()
+                    largest = max(largest, float(closest))
+        return largest
+
+    def export_details(self, config: RunConfig) -> dict[str, Any]:
+        return {
+            "postprocessing": "inside the graph: score at least 0.05, class-wise NMS (IoU 0.6), "
+            f"the best {DETECTIONS_PER_IMAGE} per image, padded",
+            "compared_detections": f"scoring at least {EXPORT_CHECK_SCORE}, paired by class and "
+            "closest box",
+        }
 
     # -- prediction files --------------------------------------------------------------------
     def predict_files(
