@@ -122,6 +122,7 @@ def test_onnx_export_holds_the_postprocessing(trained, tmp_path):
     description = json.loads(out.with_suffix(".json").read_text())
     assert description["max_abs_diff"] <= 1e-4
     assert "NMS" in description["postprocessing"]
+    assert main([*command, "--dynamic"]) == 2  # traced for one shape: refused, not miswritten
 
     predictor = load(run)
     pixels = prepare_images(predictor.config, [image])

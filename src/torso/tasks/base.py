@@ -74,6 +74,8 @@ class Task:
         input_names: names of the model's inputs in an exported graph.
         output_meaning: what the model's raw outputs are, for an export's description.
         output_activation: the function that turns them into probabilities (None: none).
+        exports_dynamic: whether an export may leave the batch and image size free (False
+            when the exported graph is traced for one input shape, as a detector's is).
     """
 
     name: str = ""
@@ -85,6 +87,7 @@ class Task:
     input_names: tuple[str, ...] = ("images",)
     output_meaning: str = "model outputs"
     output_activation: str | None = None
+    exports_dynamic: bool = True
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)

@@ -143,6 +143,7 @@ class DetectTask(Task):
         ),
     )
     prediction_options = ("score_threshold",)
+    exports_dynamic = False  # post-processing is traced for one batch and image size
     output_meaning = (
         "detections (N, D, 6): x0, y0, x1, y1 in pixels of the prepared image, score, class "
         "index; padded with score 0 and class -1"

@@ -316,7 +316,13 @@ def export_model(
     description_path = path.with_suffix(".json")
     if description_path == path:
         raise TorsoError(f"'{path}': the export needs a name that does not end in .json")
-    model = _task(config).export_module(model).eval().cpu().float()
+    task = _task(config)
+    if dynamic and not task.exports_dynamic:
+        raise TorsoError(
+            f"--dynamic: a {config.task} model is exported for one input shape (its "
+            "post-processing is traced at that batch and size); export without --dynamic"
+        )
+    model = task.export_module(model).eval().cpu().float()
     names = input_names(config)
     height, width = image_size(config, size)
     shape = (1, config.in_channels, height, width)
