@@ -6,11 +6,15 @@ from PIL import Image
 from torso.data.demo import (
     FASHION_CLASSES,
     HELD_OUT_ROWS,
+    MIN_NUCLEUS_PIXELS,
     TILE,
+    connected_components,
     nuclei_tiles,
+    nucleus_boxes,
     tile_origins,
     write_fashion_mnist,
     write_nuclei,
+    write_nuclei_boxes,
 )
 
 
@@ -47,3 +51,47 @@ def test_nuclei_folder_layout(tmp_path):
         images = sorted(p.name for p in (root / split / "images").glob("*.png"))
         masks = sorted(p.name for p in (root / split / "masks").glob("*.png"))
         assert images == masks and images
+
+
+def test_nucleus_boxes_are_the_connected_components():
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[2:6, 3:9] = 1  # 24 px
+    mask[6:10, 9:12] = 1  # 12 px, touching the first only at a corner: another nucleus
+    mask[15:17, 20:22] = 1  # 4 px: too small to be a nucleus
+    labels, count = connected_components(mask)
+    assert count == 3 and labels[3, 4] != labels[7, 10] and labels[0, 0] == 0
+    assert nucleus_boxes(mask) == [(3, 2, 9, 6), (9, 6, 12, 10)]
+    assert MIN_NUCLEUS_PIXELS > 4
+
+
+def test_nuclei_boxes_folder_is_valid_coco(tmp_path):
+    import json
+
+    from torso.data.boxes import read_boxes
+
+    root = write_nuclei_boxes(tmp_path / "nuclei-boxes")
+    tiles = nuclei_tiles()
+    for split in ("train", "valid"):
+        document = json.loads((root / "annotations" / f"{split}.json").read_text())
+        assert [c["name"] for c in document["categories"]] == ["nucleus"]
+        assert len(document["images"]) == len(tiles[split])
+        assert len(document["annotations"]) > 2 * len(tiles[split])  # nuclei in every tile
+        for image in document["images"]:
+            assert (root / "images" / split / image["file_name"]).is_file()
+        for annotation in document["annotations"]:
+            x, y, w, h = annotation["bbox"]
+            assert 0 <= x and 0 <= y and w >= 1 and h >= 1
+            assert x + w <= TILE and y + h <= TILE  # inside its tile
+        # each box holds mask pixels touching all four of its edges
+        first = [a["bbox"] for a in document["annotations"] if a["image_id"] == 1]
+        mask = tiles[split][0][1]
+        for x, y, w, h in first:
+            inside = mask[y : y + h, x : x + w]
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any()
+            assert inside[:, -1].any()
+    # validation tiles are pixels training never sees
+    train = {image.tobytes() for image, _ in tiles["train"]}
+    assert not any(image.tobytes() in train for image, _ in tiles["valid"])
+    source = read_boxes(root)
+    assert not source.problems and source.classes == ["nucleus"]
+    assert sum(item.split == "valid" for item in source.items) == len(tiles["valid"])

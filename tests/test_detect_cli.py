@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 
+import pytest
 import torch
 from box_builders import shapes, write_yolo
 from torchmetrics.detection import MeanAveragePrecision
@@ -14,6 +15,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torso.cli import main
 from torso.data.boxes import read_boxes
 from torso.data.sources import split_items
+from torso.errors import TorsoError
 
 #: What the run must reach on its validation images. Measured: 0.8 to 0.9 after 8 to 10 such
 #: epochs; a box pipeline that loses the boxes' geometry (e.g. boxes not resized with their
@@ -21,8 +23,12 @@ from torso.data.sources import split_items
 MAP_50_AT_LEAST = 0.5
 
 
-def test_train_detect_and_predict_coco_results(tmp_path):
-    data, run = tmp_path / "shapes", tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny detector trained from the command line on blue rectangles: (data, run, the
+    last row of its metrics.csv)."""
+    root = tmp_path_factory.mktemp("detect")
+    data, run = root / "shapes", root / "run"
     write_yolo(data, shapes(48, seed=1, classes=1))  # blue rectangles
     arguments = ["train", str(data), "--task", "detect", "--backbone", "test_resnet"]
     arguments += ["--size", "64", "--batch-size", "4", "--workers", "0", "--epochs", "8"]
@@ -30,6 +36,11 @@ def test_train_detect_and_predict_coco_results(tmp_path):
     assert main([*arguments, "--out", str(run)]) == 0
     with open(run / "metrics.csv") as file:
         last = list(csv.DictReader(file))[-1]
+    return data, run, last
+
+
+def test_train_detect_and_predict_coco_results(trained, tmp_path):
+    data, run, last = trained
     assert float(last["map_50"]) >= MAP_50_AT_LEAST
     assert (run / "detections.png").is_file()
 
@@ -66,3 +77,88 @@ def test_train_detect_and_predict_coco_results(tmp_path):
     # in the original images' pixels (64x48, not the 64x64 the model saw): the same boxes
     assert abs(float(found["map_50"]) - float(last["map_50"])) < 0.02
     assert abs(float(found["map"]) - float(last["map"])) < 0.02
+
+    # --task-option score_threshold=... overrides the run's saved 0.05 for this prediction only
+    assert min(r["score"] for r in results) < 0.3  # the saved threshold keeps low scores
+    strict = tmp_path / "strict.json"
+    command = ["predict", str(run), str(folder), "--out", str(strict), "--task-option"]
+    assert main([*command, "score_threshold=0.3"]) == 0
+    kept = json.loads(strict.read_text())
+    assert kept == [r for r in results if r["score"] >= 0.3]
+    assert json.loads((run / "torso.json").read_text())["task_options"]["score_threshold"] == 0.05
+    assert main([*command, "score-threshold=1.5"]) == 2  # not a fraction
+    assert main([*command, "detector=retinanet"]) == 2  # fixed by training
+
+
+def test_prediction_option_of_another_task_is_refused():
+    from torso.cli.predict import prediction_overrides
+    from torso.tasks import get_task
+
+    detect = get_task("detect")
+    assert prediction_overrides(["score_threshold=0.3"], detect, "r") == {"score_threshold": 0.3}
+    assert prediction_overrides(["--score-threshold=0.5"], detect, "r") == {"score_threshold": 0.5}
+    assert prediction_overrides([], detect, "r") == {}
+    with pytest.raises(TorsoError, match="a classify run such as 'runs/pets' takes NAME=VALUE"):
+        prediction_overrides(["score_threshold=0.3"], get_task("classify"), "runs/pets")
+    with pytest.raises(TorsoError, match="must be in"):
+        prediction_overrides(["score_threshold=2"], detect, "r")
+    with pytest.raises(TorsoError, match="NAME one of: score_threshold"):
+        prediction_overrides(["score_threshold"], detect, "r")
+
+
+def test_onnx_export_holds_the_postprocessing(trained, tmp_path):
+    import onnxruntime
+
+    from torso import load
+    from torso.data.prepare import prepare_images
+
+    _, run, _ = trained
+    record = shapes(2, width=64, height=64, seed=7, classes=1)[1]  # the run's 64x64 size
+    image = tmp_path / "check.png"
+    record["image"].save(image)
+    out = tmp_path / "detector.onnx"
+    command = ["export", str(run), "--format", "onnx", "--out", str(out)]
+    assert main([*command, "--check-image", str(image)]) == 0
+    description = json.loads(out.with_suffix(".json").read_text())
+    assert description["max_abs_diff"] <= 1e-4
+    assert "NMS" in description["postprocessing"]
+    assert main([*command, "--dynamic"]) == 2  # traced for one shape: refused, not miswritten
+
+    predictor = load(run)
+    pixels = prepare_images(predictor.config, [image])
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    exported = torch.from_numpy(session.run(None, {"images": pixels.numpy()})[0])
+    expected = predictor.activations([image])
+    assert exported.shape == expected.shape == (1, 100, 6)
+    # the same confident boxes, best first: a rectangle of the image is found by both
+    confident = expected[0][expected[0][:, 4] >= 0.3]
+    assert len(confident) >= 1
+    assert torch.allclose(exported[0][: len(confident)], confident, atol=1e-3)
+    assert exported[0][len(confident) :, 4].max() < 0.3
+    assert float(exported[0, -1, 5]) == -1  # padded with class -1
+
+
+def test_export_difference_pairs_detections_by_class_and_box():
+    from torso.tasks import get_task
+
+    task = get_task("detect")
+    rows = torch.zeros(1, 100, 6)
+    rows[:, :, 5] = -1
+    rows[0, 0] = torch.tensor([10.0, 10, 30, 30, 0.9, 0])
+    rows[0, 1] = torch.tensor([40.0, 5, 60, 20, 0.9, 0])
+    rows[0, 2] = torch.tensor([1.0, 1, 5, 5, 0.06, 0])  # below the compared score
+    swapped = rows.clone()
+    swapped[0, [0, 1]] = rows[0, [1, 0]]  # equal scores, other order
+    assert task.export_difference(rows, swapped) == 0
+    moved = rows.clone()
+    moved[0, 0, 2] += 0.5
+    assert task.export_difference(rows, moved) == pytest.approx(0.5)
+    lost = rows.clone()
+    lost[0, 1] = torch.tensor([0.0, 0, 0, 0, 0, -1])
+    assert task.export_difference(rows, lost) == 30  # paired with the other box: far off
+    relabelled = rows.clone()
+    relabelled[0, 0, 5] = 1
+    assert task.export_difference(rows, relabelled) == float("inf")
+    without_faint = rows.clone()
+    without_faint[0, 2] = torch.tensor([0.0, 0, 0, 0, 0, -1])
+    assert task.export_difference(rows, without_faint) == 0

@@ -66,8 +66,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "either way)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default cpu)")
+    parser.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a task option the run saved, for this prediction only (repeatable); "
+        "detect: score_threshold=0.3 keeps the boxes scoring at least 0.3",
+    )
     parser.intermixed = True  # `torso predict RUN --best IMAGES` as well as `RUN IMAGES --best`
     return parser
+
+
+def prediction_overrides(pairs: list[str], task, run: str) -> dict:
+    """`--task-option NAME=VALUE` words → the task options they set, each parsed by its
+    `TaskOption.type`. Only the run's task's `prediction_options` may be changed; anything else
+    (a name it fixes at training, another task's option, a bad value) is a `TorsoError`."""
+    changeable = {o.name: o for o in task.cli_options if o.name in task.prediction_options}
+    named = ", ".join(changeable) or "none"
+    given = {}
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not equals or name not in changeable:
+            raise TorsoError(
+                f"--task-option {pair!r}: a {task.name} run such as '{run}' takes NAME=VALUE "
+                f"with NAME one of: {named}"
+            )
+        try:
+            given[name] = changeable[name].type(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            raise TorsoError(f"--task-option {pair!r}: {error}") from None
+    return given
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
@@ -122,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
     device = choose_device(args.device, "--device") if args.device else None
     folder = Path(args.run) / "best" if args.best else Path(args.run)
     predictor = load(folder, device=device)
+    overrides = prediction_overrides(args.task_option, predictor.task, args.run)
+    if overrides:
+        from torso.tasks import get_task
+
+        predictor.task = get_task(predictor.task.name, **{**predictor.task.options, **overrides})
     task = predictor.task
     if args.pair:
         if args.images:

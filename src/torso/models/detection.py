@@ -153,6 +153,37 @@ class DetectionModel(nn.Module):
         return output
 
 
+def padded_detections(detections: list[dict[str, torch.Tensor]], rows: int) -> torch.Tensor:
+    """Detections (one dict per image, best first, as the detectors return them) → one tensor
+    `(N, rows, 6)`: x0, y0, x1, y1, score, class index, padded with rows of score 0 and class
+    −1. Written without Python-side counts, so a traced graph (ONNX) pads as PyTorch does."""
+    tables = []
+    for found in detections:
+        boxes = found["boxes"].float()
+        table = torch.cat(
+            [boxes, found["scores"].float()[:, None], found["labels"].to(boxes.dtype)[:, None]], 1
+        )
+        filler = boxes.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1.0]).expand(rows, 6)
+        tables.append(torch.cat([table, filler])[:rows])
+    return torch.stack(tables)
+
+
+class PaddedDetectionModel(nn.Module):
+    """A `DetectionModel` whose forward returns `padded_detections(...)`, `(N, rows, 6)`: one
+    tensor, post-processing (score threshold, NMS, top-k) included, for ONNX and TorchScript.
+    Meant for eval mode (detections exist only there)."""
+
+    def __init__(self, model: DetectionModel, rows: int) -> None:
+        super().__init__()
+        self.model, self.rows = model, rows
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        output = self.model(images)
+        if output.detections is None:
+            raise TorsoError("detections are made in eval mode: call model.eval() first")
+        return padded_detections(output.detections, self.rows)
+
+
 def create_detection_model(
     backbone: str | nn.Module,
     num_classes: int,

@@ -68,20 +68,26 @@ class Task:
         main_metric: the metric that early stopping and save-best watch.
         higher_is_better: the direction of `main_metric`.
         cli_options: the options `torso train` offers for this task (`TaskOption`s).
+        prediction_options: the names of those `torso predict` may change for one
+            prediction (e.g. a score threshold); the others are fixed by the trained model.
         images_per_sample: images one prediction takes (2 for a pair).
         input_names: names of the model's inputs in an exported graph.
         output_meaning: what the model's raw outputs are, for an export's description.
         output_activation: the function that turns them into probabilities (None: none).
+        exports_dynamic: whether an export may leave the batch and image size free (False
+            when the exported graph is traced for one input shape, as a detector's is).
     """
 
     name: str = ""
     main_metric: str = "valid_loss"
     higher_is_better: bool = False
     cli_options: tuple[TaskOption, ...] = ()
+    prediction_options: tuple[str, ...] = ()
     images_per_sample: int = 1
     input_names: tuple[str, ...] = ("images",)
     output_meaning: str = "model outputs"
     output_activation: str | None = None
+    exports_dynamic: bool = True
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
@@ -192,6 +198,16 @@ class Task:
     def export_details(self, config: RunConfig) -> dict[str, Any]:
         """Task-specific fields of an exported model's JSON description."""
         return {}
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """What an export traces: a module from the input images to one tensor (the model
+        itself by default; a detector wraps its decoded detections)."""
+        return model
+
+    def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
+        """How far an exported model's outputs are from PyTorch's (same shapes): the largest
+        absolute difference by default."""
+        return float((produced - expected).abs().max())
 
     # -- prediction files --------------------------------------------------------------------
     def predict_files(

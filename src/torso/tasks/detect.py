@@ -45,6 +45,9 @@ DETECTIONS_PER_IMAGE = 100
 REPORT_SAMPLES = 6
 #: The report draws the predictions scoring at least this.
 FIGURE_SCORE = 0.3
+#: An export is compared with PyTorch on the detections scoring at least this: well above the
+#: model's own cut (0.05), so a score that rounding moves across that cut is no difference.
+EXPORT_CHECK_SCORE = 0.1
 
 
 class MapValue(Metric):
@@ -119,7 +122,8 @@ class DetectTask(Task):
         pyramid_channels: the width of the feature pyramid and the detector head (256; a
             multiple of 32 and at least 64 for FCOS).
         score_threshold: `torso predict` and `describe` keep detections scoring at least this
-            (the model itself keeps those above 0.05, as torchvision's detectors do).
+            (the model itself keeps those above 0.05, as torchvision's detectors do); saved
+            with the run, `torso predict --score-threshold` overrides it.
     """
 
     name = "detect"
@@ -138,6 +142,8 @@ class DetectTask(Task):
             "score_threshold", fraction, 0.05, "predictions keep boxes scoring at least this"
         ),
     )
+    prediction_options = ("score_threshold",)
+    exports_dynamic = False  # post-processing is traced for one batch and image size
     output_meaning = (
         "detections (N, D, 6): x0, y0, x1, y1 in pixels of the prepared image, score, class "
         "index; padded with score 0 and class -1"
@@ -275,6 +281,42 @@ class DetectTask(Task):
 
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         raise TorsoError("test-time augmentation is not available for detection")
+
+    # -- export ------------------------------------------------------------------------------
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """The detector with its post-processing (score cut, NMS, top-k) and padding: images →
+        `(N, D, 6)`, the rows `activation` gives."""
+        from torso.models.detection import PaddedDetectionModel
+
+        return PaddedDetectionModel(model, DETECTIONS_PER_IMAGE)
+
+    def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
+        """Per image, each detection scoring at least `EXPORT_CHECK_SCORE` in one output is
+        paired with the closest detection of its class in the other (any score): the largest
+        absolute difference of box corners and score over those pairs (a box one output lacks
+        is paired with another box, far off; infinite when the other has none of its class).
+        Rows of nearly equal scores may come out in another order without counting as a
+        difference."""
+        largest = 0.0
+        for one, other in ((expected, produced), (produced, expected)):
+            for rows, candidates in zip(one, other, strict=True):
+                rows = rows[(rows[:, 5] >= 0) & (rows[:, 4] >= EXPORT_CHECK_SCORE)]
+                candidates = candidates[candidates[:, 5] >= 0]
+                for row in rows:
+                    same = candidates[candidates[:, 5] == row[5]]
+                    if not len(same):
+                        return float("inf")
+                    closest = (same[:, :5] - row[:5]).abs().max(dim=1).values.min()
+                    largest = max(largest, float(closest))
+        return largest
+
+    def export_details(self, config: RunConfig) -> dict[str, Any]:
+        return {
+            "postprocessing": "inside the graph: score at least 0.05, class-wise NMS (IoU 0.6), "
+            f"the best {DETECTIONS_PER_IMAGE} per image, padded",
+            "compared_detections": f"scoring at least {EXPORT_CHECK_SCORE}, paired by class and "
+            "closest box",
+        }
 
     # -- prediction files --------------------------------------------------------------------
     def predict_files(

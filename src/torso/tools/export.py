@@ -203,6 +203,7 @@ def _runner(format: str, data: bytes, names: list[str]):
 
 def _verify(
     model: nn.Module,
+    config: RunConfig,
     format: str,
     data: bytes,
     names: list[str],
@@ -210,6 +211,7 @@ def _verify(
     image: torch.Tensor | None = None,
 ) -> tuple[float, list[tuple[int, ...]]]:
     run = _runner(format, data, names)
+    task = _task(config)
     largest, checked = 0.0, []
     for seed, shape in enumerate(shapes, start=1):
         if seed == 1 and image is not None:
@@ -236,7 +238,7 @@ def _verify(
                 f"the exported {format} model gives outputs of shape {tuple(produced.shape)} for "
                 f"an input of shape {shape}; PyTorch gives {tuple(expected.shape)}"
             )
-        largest = max(largest, float((produced - expected).abs().max()))
+        largest = max(largest, task.export_difference(expected, produced))
         checked.append(shape)
     return largest, checked
 
@@ -314,7 +316,13 @@ def export_model(
     description_path = path.with_suffix(".json")
     if description_path == path:
         raise TorsoError(f"'{path}': the export needs a name that does not end in .json")
-    model = model.eval().cpu().float()
+    task = _task(config)
+    if dynamic and not task.exports_dynamic:
+        raise TorsoError(
+            f"--dynamic: a {config.task} model is exported for one input shape (its "
+            "post-processing is traced at that batch and size); export without --dynamic"
+        )
+    model = task.export_module(model).eval().cpu().float()
     names = input_names(config)
     height, width = image_size(config, size)
     shape = (1, config.in_channels, height, width)
@@ -341,7 +349,7 @@ def export_model(
     difference, checked = None, []
     if verify:
         difference, checked = _verify(
-            model, format, data, names, _check_shapes(shape, dynamic), image
+            model, config, format, data, names, _check_shapes(shape, dynamic), image
         )
         if difference > tolerance:
             raise ExportMismatchError(
