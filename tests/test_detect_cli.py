@@ -7,9 +7,11 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from box_builders import shapes, write_yolo
+from PIL import Image
 from torchmetrics.detection import MeanAveragePrecision
 
 from torso.cli import main
@@ -162,3 +164,35 @@ def test_export_difference_pairs_detections_by_class_and_box():
     without_faint = rows.clone()
     without_faint[0, 2] = torch.tensor([0.0, 0, 0, 0, 0, -1])
     assert task.export_difference(rows, without_faint) == 0
+
+
+def test_predict_overlays_draw_the_boxes_on_each_image(trained, tmp_path):
+    data, run, _ = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((data / "images").rglob("*.png"))[:3]:
+        shutil.copy(path, folder / path.name)
+    out, overlays = tmp_path / "preds.json", tmp_path / "overlays"
+    command = ["predict", str(run), str(folder), "--out", str(out), "--overlays", str(overlays)]
+    assert main([*command, "--task-option", "score_threshold=0.3"]) == 0
+    results = json.loads(out.read_text())
+    drawn = sorted(overlays.glob("*_boxes.png"))
+    assert [p.name for p in drawn] == sorted(f"{p.stem}_boxes.png" for p in folder.glob("*.png"))
+    for picture in drawn:
+        original = Image.open(folder / picture.name.replace("_boxes.png", ".png"))
+        image = np.asarray(Image.open(picture).convert("RGB")).astype(int)
+        assert image.shape[:2] == (original.height, original.width)  # the original's pixels
+        mine = [r for r in results if r["file_name"] == original.filename.split("/")[-1]]
+        for record in mine:  # each box's outline is drawn in red at its right edge
+            x, y, w, h = record["bbox"]
+            column = min(round(x + w), original.width - 1)
+            rows = image[round(y + h / 2) - 1 : round(y + h / 2) + 2, column]
+            assert ((rows[:, 0] > 200) & (rows[:, 1] < 90)).any()
+    assert sum(1 for r in results) > 0
+
+
+def test_overlays_are_refused_by_a_task_that_draws_none(tmp_path):
+    from torso.tasks import get_task
+
+    with pytest.raises(TorsoError, match="--overlays: the classify task draws no overlays"):
+        get_task("classify").predict_files(None, [], None, overlays=tmp_path)

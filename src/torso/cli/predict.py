@@ -57,6 +57,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "folder for the mask PNGs, overlays and predictions.csv",
     )
     parser.add_argument("--tta", action="store_true", help="average with mirrored images")
+    parser.add_argument(
+        "--overlays",
+        metavar="DIR",
+        help="write each image with its answer drawn on it into DIR (detection: the boxes, "
+        "labelled with class and score)",
+    )
     parser.add_argument("--best", action="store_true", help="use RUN/best (the best epoch)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="batch size (32)")
     parser.add_argument(
@@ -187,7 +193,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     out = Path(args.out) if args.out else None
-    records = task.predict_files(predictor, paths, out, tta=args.tta, batch_size=args.batch_size)
+    overlays = Path(args.overlays) if args.overlays else None
+    records = task.predict_files(
+        predictor, paths, out, tta=args.tta, batch_size=args.batch_size, overlays=overlays
+    )
     if not args.pair:
         accuracy = task.folder_accuracy(records, [p.parent.name for p in paths], predictor.config)
         if accuracy is not None:

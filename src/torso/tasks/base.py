@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from torso.config import RunConfig, as_run_config
+from torso.errors import TorsoError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torso.predictor import Predictor
@@ -218,12 +219,16 @@ class Task:
         *,
         tta: bool = False,
         batch_size: int = 32,
+        overlays: Path | None = None,
     ) -> list[dict[str, Any]]:
         """`torso predict`: predict image files and write the results; returns the records.
 
         The default writes one CSV row per file (`path` + the task's record) to `out`, or to
         the screen when `out` is None. `paths` holds `images_per_sample` files per sample.
+        `overlays`: a folder for the images with the answer drawn on them, for tasks that
+        draw one (detection); the others refuse it.
         """
+        refuse_overlays(self, overlays)
         from torso.files import atomic_write
 
         records: list[dict[str, Any]] = []
@@ -261,3 +266,9 @@ def records_csv(paths: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> s
     for path, record in zip(paths, records, strict=True):
         writer.writerow({"path": str(path), **record})
     return buffer.getvalue()
+
+
+def refuse_overlays(task: Task, overlays: Path | None) -> None:
+    """A `TorsoError` when `torso predict --overlays` is given to a task that draws none."""
+    if overlays is not None:
+        raise TorsoError(f"--overlays: the {task.name} task draws no overlays")

@@ -327,10 +327,13 @@ class DetectTask(Task):
         *,
         tta: bool = False,
         batch_size: int = 32,
+        overlays: Path | None = None,
     ) -> list[dict[str, Any]]:
         """`torso predict`: COCO *results* JSON, one record a box: `{"file_name", "category_id"
         (the class's index in the run's classes), "category", "bbox": [x, y, w, h] in pixels
-        of the original image, "score"}`, boxes scoring at least `score_threshold`."""
+        of the original image, "score"}`, boxes scoring at least `score_threshold`. With
+        `overlays`, each image is also written there as `<stem>_boxes.png` with its boxes drawn
+        and labelled (class and score)."""
         from torso.data.decode import read_image
         from torso.files import atomic_write
 
@@ -347,6 +350,11 @@ class DetectTask(Task):
                 rows = self.kept(rows)
                 height, width = image.shape[-2:]
                 boxes = to_original(rows[:, :4], height, width, config.size[0], config.resize)
+                if overlays is not None:
+                    pairs = zip(rows[:, 5].tolist(), rows[:, 4].tolist(), strict=True)
+                    labels = [f"{classes[int(label)]} {score:.2f}" for label, score in pairs]
+                    picture = draw_boxes(image, boxes.tolist(), labels)
+                    atomic_write(Path(overlays) / f"{Path(path).stem}_boxes.png", picture)
                 for box, score, label in zip(
                     boxes.tolist(), rows[:, 4].tolist(), rows[:, 5].tolist(), strict=True
                 ):
@@ -371,6 +379,8 @@ class DetectTask(Task):
         else:
             atomic_write(out, text)
             print(f"wrote {len(records)} boxes of {len(paths)} images to {out}")
+        if overlays is not None:
+            print(f"wrote {len(paths)} images with their boxes to {overlays}")
         return records
 
     # -- the report --------------------------------------------------------------------------
@@ -415,3 +425,27 @@ class DetectTask(Task):
         figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(figure)
         return [path]
+
+
+def draw_boxes(image: torch.Tensor, boxes: list[list[float]], labels: list[str]) -> bytes:
+    """PNG bytes of `image` (C, H, W: uint8 as decoded, or floats in [0, 1]) with each box
+    `[x0, y0, x1, y1]` (pixels of that image) outlined and its label written above it."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    pixels = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round()
+    pixels = pixels.to(torch.uint8)
+    pixels = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels[:3]
+    picture = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 300))
+    for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 40, 40), width=width)
+        left, top, right, bottom = draw.textbbox((x0, y0), label)
+        shift = bottom - top + 2
+        draw.rectangle((left, top - shift, right + 2, bottom - shift), fill=(255, 40, 40))
+        draw.text((x0 + 1, y0 - shift), label, fill=(255, 255, 255))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -431,11 +431,14 @@ class SegmentTask(Task):
         *,
         tta: bool = False,
         batch_size: int = 32,
+        overlays: Path | None = None,
     ) -> list[dict[str, Any]]:
         """Into the folder `out`: for each image `photo.jpg`, `photo_mask.png` (a palette PNG
         whose pixel values are the class ids, at the image's own size) and `photo_overlay.png`
         (the image with the classes' colours blended in); and `predictions.csv`: each file, its
         mask and the share of its pixels given to each class. Returns those rows."""
+        if overlays is not None:
+            raise TorsoError("--overlays: a segmentation run writes its overlays into --out")
         from torso.data.decode import read_pil
         from torso.files import atomic_write
         from torso.plots import mask_to_image, overlay_image

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
-from torso.tasks.base import Task
+from torso.tasks.base import Task, refuse_overlays
 from torso.tasks.classify import LABEL_SMOOTHING, cross_entropy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,8 +127,10 @@ class SiameseTask(Task):
         *,
         tta: bool = False,
         batch_size: int = 32,
+        overlays: Path | None = None,
     ) -> list[dict[str, Any]]:
         """`torso predict RUN --pair A B`: prints "same" or "different" and its probability."""
+        refuse_overlays(self, overlays)
         if len(paths) != 2:
             raise TorsoError("a Siamese run compares two images: torso predict RUN --pair A B")
         same, probability = predict_pair(predictor, paths[0], paths[1], tta=tta)
