@@ -93,8 +93,9 @@ def chosen_task_options(args: argparse.Namespace) -> dict[str, Any]:
         return value if changed else unchanged
 
     mine = getattr(task_class(args.task), "cli_options", ())
-    options = {option.name: given(option) for option in mine if given(option) is not unchanged}
-    names = {option.name for option in mine}
+    values = {option.name: given(option) for option in mine}
+    options = {name: value for name, value in values.items() if value is not unchanged}
+    names = set(values)
     for other in task_names():
         for option in getattr(task_class(other), "cli_options", ()):
             # (None: what a run saved by an older torso stored for another task's option)

@@ -109,19 +109,13 @@ def prediction_overrides(pairs: list[str], task, run: str) -> dict:
 def image_paths(inputs: list[str]) -> list[Path]:
     """The image files named, and those inside the folders named (subfolders included, hidden
     ones skipped, as the data sources list them), in order."""
-    from torso.data.decode import is_image_file
+    from torso.data.sources import image_files
 
     paths: list[Path] = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = [
-                file
-                for file in sorted(path.rglob("*"))
-                if file.is_file()
-                and is_image_file(file)
-                and not any(part.startswith(".") for part in file.relative_to(path).parts)
-            ]
+            found = image_files(path)
             if not found:
                 raise TorsoError(f"folder '{path}' contains no image files")
             paths.extend(found)

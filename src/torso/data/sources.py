@@ -94,7 +94,7 @@ class Source:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
     """Files under `folder`, recursively, sorted, skipping hidden files and folders."""
     found = []
     for path in folder.rglob("*"):
@@ -106,10 +106,16 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` (by extension), as the data sources list them:
+    recursively, sorted, hidden files and folders skipped."""
+    return [path for path in visible_files(folder) if is_image_file(path)]
+
+
 def _images_in(folder: Path, problems: list[Problem]) -> list[Path]:
     """Image files under `folder`; every other visible file is recorded as a problem."""
     images = []
-    for path in _visible_files(folder):
+    for path in visible_files(folder):
         if is_image_file(path):
             images.append(path)
         else:

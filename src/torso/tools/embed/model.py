@@ -22,6 +22,7 @@ from torch import nn
 
 from torso.data.decode import is_image_file
 from torso.data.prepare import prepare_image
+from torso.data.sources import image_files
 from torso.data.transforms import check_resize_mode
 from torso.errors import TorsoError
 
@@ -233,13 +234,7 @@ def list_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
     files: list[Path] = []
     for given in map(Path, paths):
         if given.is_dir():
-            found = sorted(
-                path
-                for path in given.rglob("*")
-                if path.is_file()
-                and is_image_file(path)
-                and not any(part.startswith(".") for part in path.relative_to(given).parts)
-            )
+            found = image_files(given)
             if not found:
                 raise TorsoError(f"folder '{given}' holds no image files")
             files.extend(found)
