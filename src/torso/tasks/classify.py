@@ -6,17 +6,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.numbers import fraction
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: The images the report shows with the highest validation losses.
@@ -38,6 +36,8 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy of logits `(N, K)` against class indices `(N,)`; `(N,)` for
     `reduction="none"`. Shared by classification and Siamese pairs."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(
         outputs.float(), targets.long(), label_smoothing=label_smoothing, reduction=reduction
     )
@@ -80,6 +80,8 @@ class ClassifyTask(Task):
         return cross_entropy(outputs, targets, self.options["label_smoothing"], reduction)
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MulticlassAccuracy
+
         num_classes, _ = output_names(config)
         metrics: dict[str, Metric] = {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),

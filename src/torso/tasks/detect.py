@@ -26,10 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torchmetrics import Metric
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
 from torso.numbers import fraction
@@ -37,6 +33,10 @@ from torso.tasks.base import Task, TaskOption, output_names
 from torso.tasks.segment import metric_name
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: Detections the model keeps per image (after NMS), and rows of the activations tensor.
@@ -48,43 +48,6 @@ FIGURE_SCORE = 0.3
 #: An export is compared with PyTorch on the detections scoring at least this: well above the
 #: model's own cut (0.05), so a score that rounding moves across that cut is no difference.
 EXPORT_CHECK_SCORE = 0.1
-
-
-class MapValue(Metric):
-    """One number of a `MeanAveragePrecision` shared with other `MapValue`s: the one made with
-    `feeds=True` receives the updates (and holds the shared metric, so `.to(device)` moves it);
-    the others only read its result, computed once."""
-
-    full_state_update = False
-
-    def __init__(self, shared: dict, key: str, index: int | None = None, feeds: bool = False):
-        super().__init__()
-        self.feeds = feeds
-        if feeds:
-            self.average_precision = shared["metric"]
-        self._shared, self.key, self.index = shared, key, index
-
-    def update(self, predictions: list[dict], targets: list[dict]) -> None:
-        if self.feeds:
-            self._shared["metric"].update(predictions, targets)
-            self._shared["result"] = None
-
-    def compute(self) -> torch.Tensor:
-        if self._shared.get("result") is None:
-            self._shared["result"] = self._shared["metric"].compute()
-        result = self._shared["result"]
-        if self.index is None:
-            return result[self.key]
-        classes = result["classes"].flatten().tolist()
-        if self.index not in classes:  # a class absent from truth and predictions
-            return torch.tensor(-1.0)
-        return result[self.key].flatten()[classes.index(self.index)]
-
-    def reset(self) -> None:
-        super().reset()
-        if self.feeds:
-            self._shared["metric"].reset()
-            self._shared["result"] = None
 
 
 def to_original(
@@ -214,6 +177,8 @@ class DetectTask(Task):
 
         from torchmetrics.detection import MeanAveragePrecision
 
+        from torso.tasks.metrics import MapValue
+
         if importlib.util.find_spec("pycocotools") is None:
             raise TorsoError(
                 "detection metrics need pycocotools: pip install 'torso[detect]' (or pycocotools)"
@@ -244,6 +209,8 @@ class DetectTask(Task):
         """Detections → `(N, D, 6)`: x0, y0, x1, y1, score, class index (see the module)."""
         if outputs.detections is None:
             raise TorsoError("detections are made in eval mode: call model.eval() first")
+        import torch
+
         rows = torch.zeros(len(outputs.detections), DETECTIONS_PER_IMAGE, 6)
         rows[:, :, 5] = -1
         for index, found in enumerate(outputs.detections):
@@ -384,7 +351,6 @@ class DetectTask(Task):
         return records
 
     # -- the report --------------------------------------------------------------------------
-    @torch.no_grad()
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """A few validation images with their true boxes (green) and the predicted ones scoring
         at least `FIGURE_SCORE` (red)."""
@@ -432,6 +398,7 @@ def draw_boxes(image: torch.Tensor, boxes: list[list[float]], labels: list[str])
     `[x0, y0, x1, y1]` (pixels of that image) outlined and its label written above it."""
     import io
 
+    import torch
     from PIL import Image, ImageDraw
 
     pixels = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round()

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption, output_names
 from torso.tasks.classify import class_probabilities
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 
@@ -53,6 +51,8 @@ class MultilabelTask(Task):
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         losses = F.binary_cross_entropy_with_logits(
             outputs.float(), targets.float(), reduction="none"
         )
@@ -61,6 +61,8 @@ class MultilabelTask(Task):
         return losses.mean() if reduction == "mean" else losses.sum()
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
+
         num_labels, _ = output_names(config)
         threshold = self.options["threshold"]
         return {
@@ -99,6 +101,8 @@ class MultilabelTask(Task):
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """Each label's F1 at the run's threshold (`label_f1.png`) and the micro F1 over all
         labels against the threshold (`threshold_f1.png`), over the validation set."""
+        import torch
+
         from torso import plots
 
         predictions = predictor.get_preds(loader)
@@ -127,6 +131,8 @@ def f1_scores(predicted: torch.Tensor, truth: torch.Tensor, dim: int | None) -> 
     """F1 of boolean predictions `(N, K)` against boolean truth `(N, K)`: per label over the
     samples (`dim=0`, NaN for a label neither predicted nor present), or over every entry
     together (micro, `dim=None`; 0 when nothing is predicted or present)."""
+    import torch
+
     sum_ = (lambda t: t.sum(dim=dim)) if dim is not None else (lambda t: t.sum())
     overlap = sum_(predicted & truth).double()
     total = sum_(predicted).double() + sum_(truth).double()

@@ -23,22 +23,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-)
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: Validation images the report shows as image | truth | prediction.
@@ -105,6 +98,9 @@ def soft_dice_loss(
     scores: logits `(N, K, H, W)`; targets: class ids `(N, H, W)`. Returns a scalar over the
     whole batch, or `(N,)` with `per_sample`.
     """
+    import torch
+    import torch.nn.functional as F
+
     probabilities = scores.softmax(dim=1)
     valid = (targets != ignore_index).unsqueeze(1)
     truth = F.one_hot(torch.where(valid[:, 0], targets, 0), scores.shape[1]).permute(0, 3, 1, 2)
@@ -115,39 +111,6 @@ def soft_dice_loss(
     total = probabilities.sum(dims) + truth.sum(dims)
     dice = (2 * overlap + DICE_SMOOTHING) / (total + DICE_SMOOTHING)
     return 1 - dice.mean(dim=-1)
-
-
-class ForegroundDice(Metric):
-    """Dice averaged over the classes after the first (the background), over all pixels of
-    all updates together; void pixels (`ignore_index`) left out, and classes absent from both
-    the truth and the prediction (0 when every foreground class is).
-
-    `update(predictions, targets)` takes class ids of the same shape, e.g. `(N, H, W)`.
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int, ignore_index: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        for name in ("overlap", "predicted", "actual"):
-            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        valid = targets != self.ignore_index
-        predicted, actual = predictions[valid].long(), targets[valid].long()
-        count = self.num_classes
-        self.overlap += torch.bincount(actual[predicted == actual], minlength=count)[:count]
-        self.predicted += torch.bincount(predicted, minlength=count)[:count]
-        self.actual += torch.bincount(actual, minlength=count)[:count]
-
-    def compute(self) -> torch.Tensor:
-        total = (self.predicted + self.actual)[1:].double()
-        present = total > 0
-        if not present.any():
-            return torch.tensor(0.0)
-        dice = 2 * self.overlap[1:].double()[present] / total[present]
-        return dice.mean().float()
 
 
 class SegmentTask(Task):
@@ -326,6 +289,8 @@ class SegmentTask(Task):
         `outputs (N, K, H, W)`, `targets (N, H, W)`; `reduction="none"` gives one value per image
         (its own non-void pixels), `"sum"` the sum of those.
         """
+        import torch.nn.functional as F
+
         if outputs.ndim != 4 or targets.shape != outputs.shape[:1] + outputs.shape[2:]:
             raise TorsoError(
                 f"segmentation outputs (N, K, H, W) and masks (N, H, W) do not match: "
@@ -349,6 +314,14 @@ class SegmentTask(Task):
         return losses.sum() if reduction == "sum" else losses
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassF1Score,
+            MulticlassJaccardIndex,
+        )
+
+        from torso.tasks.metrics import ForegroundDice
+
         num_classes, names = output_names(config)
         ignore_index = self.options["ignore_index"]
         common = {"num_classes": num_classes, "ignore_index": ignore_index, "validate_args": False}
@@ -437,6 +410,8 @@ class SegmentTask(Task):
         whose pixel values are the class ids, at the image's own size) and `photo_overlay.png`
         (the image with the classes' colours blended in); and `predictions.csv`: each file, its
         mask and the share of its pixels given to each class. Returns those rows."""
+        import numpy as np
+
         if overlays is not None:
             raise TorsoError("--overlays: a segmentation run writes its overlays into --out")
         from torso.data.decode import read_pil
@@ -483,6 +458,8 @@ class SegmentTask(Task):
     # -- the report --------------------------------------------------------------------------
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images."""
+        import torch
+
         from torso import plots
 
         images, truths, count = [], [], 0
@@ -514,6 +491,9 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     where the model did not see the image: `resize="crop"`'s cut-off sides), "classes": the
     class names, whose positions are the ids, "shares": {class name: share of the pixels}}`
     (shares of the pixels that have a class, rounded to 6 digits)."""
+    import numpy as np
+    import torch
+
     values = mask.to(torch.uint8).numpy()
     counts = np.bincount(values.reshape(-1), minlength=256)[: len(classes)]
     total = max(int(counts.sum()), 1)
@@ -525,6 +505,8 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
 
 def _image_list(images: Any) -> list[Any]:
     """What `prepare_images` takes (one image, a list of them, a batch tensor) as a list."""
+    import torch
+
     from torso.data.prepare import ImageInput
 
     if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -536,6 +518,8 @@ def _image_list(images: Any) -> list[Any]:
 
 def _decoded(image: Any, in_channels: int) -> tuple[Any, tuple[int, int]]:
     """An image to prepare (a file is read once here) and its own `(height, width)`."""
+    import numpy as np
+    import torch
     from PIL import Image
 
     from torso.data.decode import read_image
@@ -568,6 +552,9 @@ def _original_size_mask(
     """Undo `torso.data.transforms.resize_square` on a predicted `(S, S)` mask: the mask of the
     original `height`×`width` image (nearest). Parts of the image the model did not see (cut off
     by `resize="crop"`) get `ignore_index`."""
+    import torch
+    import torch.nn.functional as F
+
     size = mask.shape[-1]
     if resize == "crop":
         # The image was scaled so its short side is `size`, then its centre cut out (torchvision
@@ -592,7 +579,6 @@ def _original_size_mask(
     return resized[0, 0].to(torch.uint8)
 
 
-@torch.no_grad()
 def predict_masks(
     predictor: Predictor,
     paths: Sequence[Any],
