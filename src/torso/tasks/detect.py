@@ -175,8 +175,6 @@ class DetectTask(Task):
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
         import importlib.util
 
-        from torchmetrics.detection import MeanAveragePrecision
-
         from torso.tasks.metrics import MapValue
 
         if importlib.util.find_spec("pycocotools") is None:
@@ -184,7 +182,7 @@ class DetectTask(Task):
                 "detection metrics need pycocotools: pip install 'torso[detect]' (or pycocotools)"
             )
         _, names = output_names(config)
-        shared = {"metric": MeanAveragePrecision(box_format="xyxy", class_metrics=True)}
+        shared: dict[str, Any] = {}
         metrics: dict[str, Metric] = {"map": MapValue(shared, "map", feeds=True)}
         metrics["map_50"] = MapValue(shared, "map_50")
         metrics["map_75"] = MapValue(shared, "map_75")

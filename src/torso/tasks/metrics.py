@@ -48,9 +48,22 @@ class ForegroundDice(Metric):
 
 
 class MapValue(Metric):
-    """One number of a `MeanAveragePrecision` shared with other `MapValue`s: the one made with
-    `feeds=True` receives the updates (and holds the shared metric, so `.to(device)` moves it);
-    the others only read its result, computed once."""
+    """One number of COCO's mean average precision (torchmetrics' `MeanAveragePrecision`,
+    boxes xyxy, per class too) over the images given to the `MapValue` made with `feeds=True`;
+    the others made with the same `shared` dict read its result, computed once.
+
+    `update(predictions, targets)` takes one dict per image (`boxes`, `scores`, `labels`;
+    `boxes`, `labels`); the feeding metric keeps them on the CPU. `compute()` gives
+    `result[key]`, or with `index` that class's entry of `result[key]` (-1 for a class absent
+    from truth and predictions).
+
+    Under torchrun, when the processes measured the validation set together, each its own share
+    (torso's evaluation says so through `distributed_available_fn`), the images are first
+    gathered from every process, each image whole, and put back in the order the validation
+    sampler dealt them (process r held positions r, r + W, ...): every process then computes
+    the mAP of the whole set, equal to a single process's. (torchmetrics' own gathering would
+    exchange the images tensor by tensor, which breaks when the shares differ in length.)
+    """
 
     full_state_update = False
 
@@ -58,17 +71,21 @@ class MapValue(Metric):
         super().__init__()
         self.feeds = feeds
         if feeds:
-            self.average_precision = shared["metric"]
+            shared["images"], shared["result"] = [], None
         self._shared, self.key, self.index = shared, key, index
 
     def update(self, predictions: list[dict], targets: list[dict]) -> None:
         if self.feeds:
-            self._shared["metric"].update(predictions, targets)
+            for predicted, truth in zip(predictions, targets, strict=True):
+                self._shared["images"].append((_on_cpu(predicted), _on_cpu(truth)))
             self._shared["result"] = None
 
     def compute(self) -> torch.Tensor:
-        if self._shared.get("result") is None:
-            self._shared["result"] = self._shared["metric"].compute()
+        if self._shared["result"] is None:
+            images = self._shared["images"]
+            if self.distributed_available_fn():
+                images = _gathered_in_order(images)
+            self._shared["result"] = _mean_average_precision(images)
         result = self._shared["result"]
         if self.index is None:
             return result[self.key]
@@ -80,5 +97,31 @@ class MapValue(Metric):
     def reset(self) -> None:
         super().reset()
         if self.feeds:
-            self._shared["metric"].reset()
-            self._shared["result"] = None
+            self._shared["images"], self._shared["result"] = [], None
+
+
+def _on_cpu(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.detach().cpu() for key, value in record.items()}
+
+
+def _mean_average_precision(images: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
+    """torchmetrics' result over `(prediction, truth)` pairs, computed here, in this process."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", class_metrics=True, sync_on_compute=False)
+    if images:
+        metric.update([p for p, _ in images], [t for _, t in images])
+    return metric.compute()
+
+
+def _gathered_in_order(share: list[Any]) -> list[Any]:
+    """Every process's `share` in the order of a sampler that dealt position i to process
+    i mod W (as `torso.distributed.gather_objects_in_order`, which this layer may not import)."""
+    import torch.distributed as dist
+
+    pieces: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(pieces, share)
+    ordered: list[Any] = [None] * sum(len(piece) for piece in pieces)
+    for position, piece in enumerate(pieces):
+        ordered[position :: len(pieces)] = piece
+    return ordered
