@@ -145,7 +145,8 @@ class DataLoaders:
 
     Attributes: `train` (an `EpochLoader`), `valid` (a `DataLoader`, empty when there is no
     validation set), `task` (the task's name), `layout` (its `DataLayout`), `classes` (class
-    names; the codes of masks; None for numeric targets),
+    names; the codes of masks; None for numeric targets), `class_ids` (the annotations' own
+    number of each class where they have one: COCO's category ids; else None),
     `target_names` (regress), `num_outputs`, `size`, `in_channels`, `resize`, `ignore_index`,
     `seed`, `train_items` / `valid_items` (file paths), `report` (the `DataReport` of the check,
     or None), `skipped` (problems whose files were left out), `cache` (the training and
@@ -158,6 +159,7 @@ class DataLoaders:
         self.task: str = fields.pop("task")
         self.layout: DataLayout = fields.pop("layout")
         self.classes: list[str] | None = fields.pop("classes")
+        self.class_ids: list[int] | None = fields.pop("class_ids")
         self.target_names: list[str] | None = fields.pop("target_names")
         self.num_outputs: int = fields.pop("num_outputs")
         self.size: int = fields.pop("size")
@@ -397,6 +399,7 @@ def load_data(
         task=task_name,
         layout=layout,
         classes=list(classes) if classes is not None else None,
+        class_ids=source.class_ids,
         target_names=source.target_names,
         num_outputs=num_outputs,
         size=size,

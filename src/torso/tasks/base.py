@@ -108,6 +108,12 @@ class Task:
         only this, never the task's name."""
         raise NotImplementedError(f"{type(self).__name__} must define data_layout()")
 
+    def with_data(self, data: Any) -> Task:
+        """This task with what it keeps of its training data `data` (a
+        `torso.data.DataLoaders`) in its options, which `torso.json` saves: itself by default;
+        detection keeps COCO's category ids to write its predictions with them."""
+        return self
+
     # -- the model ---------------------------------------------------------------------------
     def head_options(self, config: RunConfig) -> dict[str, Any]:
         """Keyword arguments for the head: the config's `head_options` (and the task's own)."""

@@ -87,6 +87,10 @@ class DetectTask(Task):
         score_threshold: `torso predict` and `describe` keep detections scoring at least this
             (the model itself keeps those above 0.05, as torchvision's detectors do); saved
             with the run, `torso predict --score-threshold` overrides it.
+        category_ids: the annotations' own id of each class (COCO's category ids, in the
+            order of the run's classes), which `torso predict` writes as `category_id`; None:
+            the class's index. Taken from COCO training data (`with_data`), not a command-line
+            option.
     """
 
     name = "detect"
@@ -113,16 +117,29 @@ class DetectTask(Task):
     )
 
     def __init__(
-        self, detector: str = "fcos", pyramid_channels: int = 256, score_threshold: float = 0.05
+        self,
+        detector: str = "fcos",
+        pyramid_channels: int = 256,
+        score_threshold: float = 0.05,
+        category_ids: Sequence[int] | None = None,
     ) -> None:
         if detector not in ("fcos", "retinanet"):
             raise TorsoError(f"detector must be fcos or retinanet, got {detector!r}")
         if not 0 <= score_threshold <= 1:
             raise TorsoError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if category_ids is not None:
+            if isinstance(category_ids, str | bytes) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in category_ids
+            ):
+                raise TorsoError(f"category_ids must be whole numbers, got {category_ids!r}")
+            if len(set(category_ids)) != len(category_ids):
+                raise TorsoError(f"category_ids must differ from each other, got {category_ids}")
+            category_ids = list(category_ids)
         super().__init__(
             detector=detector,
             pyramid_channels=int(pyramid_channels),
             score_threshold=float(score_threshold),
+            category_ids=category_ids,
         )
 
     # -- data --------------------------------------------------------------------------------
@@ -133,6 +150,15 @@ class DetectTask(Task):
         from torso.data.boxes import BoxTargets, has_boxes, read_boxes
 
         return DataLayout(read=read_boxes, targets=BoxTargets(), looks_like=has_boxes)
+
+    def with_data(self, data: Any) -> DetectTask:
+        """With `category_ids` from COCO training data (`data.class_ids`), so that `torso
+        predict` writes COCO's own ids and its results evaluate against the original
+        annotations."""
+        ids = getattr(data, "class_ids", None)
+        if ids is None or list(ids) == self.options["category_ids"]:
+            return self
+        return DetectTask(**{**self.options, "category_ids": list(ids)})
 
     # -- the model ---------------------------------------------------------------------------
     def build_model(self, config: RunConfig, *, pretrained: bool | str = False) -> nn.Module:
@@ -295,10 +321,11 @@ class DetectTask(Task):
         overlays: Path | None = None,
     ) -> list[dict[str, Any]]:
         """`torso predict`: COCO *results* JSON, one record a box: `{"file_name", "category_id"
-        (the class's index in the run's classes), "category", "bbox": [x, y, w, h] in pixels
-        of the original image, "score"}`, boxes scoring at least `score_threshold`. With
-        `overlays`, each image is also written there as `<stem>_boxes.png` with its boxes drawn
-        and labelled (class and score)."""
+        (the class's COCO category id when the run was trained on COCO annotations, so the file
+        evaluates against them; else its index in the run's classes), "category", "bbox": [x,
+        y, w, h] in pixels of the original image, "score"}`, boxes scoring at least
+        `score_threshold`. With `overlays`, each image is also written there as
+        `<stem>_boxes.png` with its boxes drawn and labelled (class and score)."""
         from torso.data.decode import read_image
         from torso.files import atomic_write
 
@@ -306,6 +333,11 @@ class DetectTask(Task):
             raise TorsoError("--tta is not available for detection")
         config = predictor.config
         classes = config.class_names()
+        ids = self.options.get("category_ids") or list(range(len(classes)))
+        if len(ids) != len(classes):
+            raise TorsoError(
+                f"the run's category_ids ({len(ids)}) do not match its {len(classes)} classes"
+            )
         records: list[dict[str, Any]] = []
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
@@ -327,7 +359,7 @@ class DetectTask(Task):
                     records.append(
                         {
                             "file_name": Path(path).name,
-                            "category_id": int(label),
+                            "category_id": ids[int(label)],
                             "category": classes[int(label)],
                             "bbox": [
                                 round(x0, 2),
