@@ -215,11 +215,11 @@ def _drop_bad(items: list[Item], bad: set[Path], masks: bool) -> list[Item]:
     ]
 
 
-def _make_cache(count, shape, masks, cache_dir, notes) -> PresizeCache | None:
+def _make_cache(count, shape, masks, sizes, cache_dir, notes) -> PresizeCache | None:
     if count == 0:
         return None
     try:
-        cache = PresizeCache(count, shape, masks=masks, directory=cache_dir)
+        cache = PresizeCache(count, shape, masks=masks, directory=cache_dir, sizes=sizes)
     except MemoryError as error:
         notes.append(f"no presize cache ({error})")
         return None
@@ -338,11 +338,14 @@ def load_data(
     presize_side = max(size, math.ceil(size * presize)) if augmentation is not None else size
     notes: list[str] = []
     train_cache = valid_cache = None
-    if cache and not layout.targets.boxes:  # boxes are moved with the image, not cached
+    if cache:  # (boxes: each image's original size, from which its boxes are moved again)
+        boxes = layout.targets.boxes
         train_cache = _make_cache(
-            len(train), (in_channels, presize_side, presize_side), masks, cache_dir, notes
+            len(train), (in_channels, presize_side, presize_side), masks, boxes, cache_dir, notes
         )
-        valid_cache = _make_cache(len(valid), (in_channels, size, size), masks, cache_dir, notes)
+        valid_cache = _make_cache(
+            len(valid), (in_channels, size, size), masks, boxes, cache_dir, notes
+        )
     caches = [c for c in (train_cache, valid_cache) if c is not None]
     if caches:
         total = sum(c.nbytes for c in caches) / 2**20
