@@ -59,6 +59,7 @@ class ClassifyTask(Task):
     cli_options = (LABEL_SMOOTHING,)
     output_meaning = "class scores (logits) (N, K); softmax gives probabilities"
     output_activation = "softmax"
+    serve_view = "classes"
 
     def __init__(self, label_smoothing: float = 0.0, top_k: int = 5) -> None:
         if not 0 <= label_smoothing < 1:

@@ -36,6 +36,7 @@ class MultilabelTask(Task):
     )
     output_meaning = "label scores (logits) (N, K); sigmoid gives probabilities"
     output_activation = "sigmoid"
+    serve_view = "labels"
 
     def __init__(self, threshold: float = 0.5) -> None:
         if not 0 < threshold < 1:
