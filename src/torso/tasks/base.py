@@ -22,7 +22,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from torso.config import RunConfig, as_run_config
-from torso.errors import TorsoError
+from torso.errors import NotExplainableError, TorsoError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torso.predictor import Predictor
@@ -210,6 +210,19 @@ class Task:
         `predictor` is a `Predictor`, or anything with its `config`, `task` and
         `activations` (the ONNX runtime of `torso serve --onnx`)."""
         return self.predict_records(predictor, list(images), batch_size=batch_size)
+
+    # -- interpretation ----------------------------------------------------------------------
+    def activation_maps(
+        self, model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`Predictor.explain`: class activation maps `(N, H, W)` in [0, 1] of prepared
+        `images` `(N, C, H, W)`, each for class `classes[i]` (int64 `(N,)`), or for the class
+        the task predicts when `classes` is None. A task whose answer is not one score per
+        class and image has none: `NotExplainableError`."""
+        raise NotExplainableError(
+            f"a {self.name} model has no class activation map: Grad-CAM explains the score of "
+            "one class of a whole image"
+        )
 
     # -- export ------------------------------------------------------------------------------
     def export_details(self, config: RunConfig) -> dict[str, Any]:

@@ -43,6 +43,21 @@ def cross_entropy(
     )
 
 
+def class_activation_maps(
+    model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+) -> torch.Tensor:
+    """Grad-CAM maps `(N, H, W)` of the logit (before softmax or sigmoid) of class
+    `classes[i]` of each image, or of its highest one when `classes` is None: the predicted
+    class, the most probable label. Shared by classification and multi-label."""
+    from torso.models.cam import grad_cam
+
+    def scores(outputs: torch.Tensor) -> torch.Tensor:
+        chosen = outputs.argmax(dim=1) if classes is None else classes.to(outputs.device)
+        return outputs.gather(1, chosen.long().view(-1, 1))[:, 0]
+
+    return grad_cam(model, images, scores)
+
+
 class ClassifyTask(Task):
     """Cross-entropy (with optional label smoothing); accuracy, error rate and top-k accuracy.
 
@@ -115,6 +130,12 @@ class ClassifyTask(Task):
             record.update(class_probabilities(row, names))
             records.append(record)
         return records
+
+    def activation_maps(
+        self, model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Grad-CAM of each image's predicted class (or of `classes`)."""
+        return class_activation_maps(model, images, classes)
 
     def folder_accuracy(
         self, records: Sequence[Mapping[str, Any]], folders: Sequence[str], config: RunConfig

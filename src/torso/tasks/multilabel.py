@@ -13,7 +13,7 @@ from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption, output_names
-from torso.tasks.classify import class_probabilities
+from torso.tasks.classify import class_activation_maps, class_probabilities
 
 if TYPE_CHECKING:  # pragma: no cover
     from torso.predictor import Predictor
@@ -96,6 +96,12 @@ class MultilabelTask(Task):
             record.update(class_probabilities(row, names))
             records.append(record)
         return records
+
+    def activation_maps(
+        self, model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Grad-CAM of each image's most probable label (or of `classes`)."""
+        return class_activation_maps(model, images, classes)
 
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """Each label's F1 at the run's threshold (`label_f1.png`) and the micro F1 over all
