@@ -15,7 +15,18 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary", "check", "train", "predict", "lr_find", "demo", "embed", "similar", "export"]
+COMMANDS = [
+    "summary",
+    "check",
+    "train",
+    "predict",
+    "lr_find",
+    "demo",
+    "embed",
+    "similar",
+    "export",
+    "serve",
+]
 
 
 class _Parser(argparse.ArgumentParser):
