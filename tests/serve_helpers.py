@@ -55,6 +55,12 @@ def image_bytes(seed: int, width: int = 60, height: int = 40, format: str = "PNG
     return buffer.getvalue()
 
 
+def decoded(data: bytes) -> torch.Tensor:
+    """The bytes of an RGB image file as uint8 `(3, H, W)`, decoded by PIL alone."""
+    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
 def fashion_image(path: Path, index: int = 0) -> tuple[Path, str]:
     """The `index`-th validation image of torso's Fashion-MNIST subset, written to `path` as
     the 28x28 grey PNG `torso demo` writes, and its true class."""

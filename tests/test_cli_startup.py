@@ -1,5 +1,6 @@
 """`torso --help` and the commands that need no model answer without importing the task modules
-(torchmetrics, timm, the models): only the command that is run builds its parser."""
+(torchmetrics, timm, the models) or the server (starlette, uvicorn): only the command that is
+run builds its parser."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-heavy = sorted(m for m in ("torso.tasks.base", "torchmetrics", "timm") if m in sys.modules)
+heavy = ("torso.tasks.base", "torchmetrics", "timm", "starlette", "uvicorn")
+heavy = sorted(m for m in heavy if m in sys.modules)
 print("HEAVY", heavy)
 """
 
 
-@pytest.mark.parametrize("arguments", [["--help"], ["check", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize(
+    "arguments", [["--help"], ["check", "--help"], ["predict", "--help"], ["serve", "--help"]]
+)
 def test_help_imports_no_task_module(arguments):
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, timeout=120

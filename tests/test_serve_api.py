@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_helpers import CLASSES, image_bytes, saved_run
+from serve_helpers import CLASSES, decoded, image_bytes, saved_run
 from starlette.testclient import TestClient
 
 import torso
@@ -41,11 +41,6 @@ def png_values(encoded: dict) -> np.ndarray:
     image = Image.open(io.BytesIO(base64.b64decode(encoded["data"])))
     assert image.mode == "L" and image.size == (encoded["width"], encoded["height"])
     return np.asarray(image)
-
-
-def decoded(data: bytes) -> torch.Tensor:
-    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
 def test_health_metadata_and_page(client, classify_run):
