@@ -71,6 +71,8 @@ class ServedModel:
             )
         self.config = self.predictor.config
         self.task = self.predictor.task
+        if self.explain_error is None and not has_activation_maps(self.task):
+            self.explain_error = f"a {self.config.task} model has no class activation map"
 
     @property
     def images_per_sample(self) -> int:
@@ -120,6 +122,14 @@ class ServedModel:
         for record, image, heatmap in zip(records, images, maps, strict=True):
             record["heatmap"] = heatmap_record(heatmap, image, size, self.config.resize)
         return records
+
+
+def has_activation_maps(task: Any) -> bool:
+    """Whether `task` defines class activation maps (`Task.activation_maps`, which
+    `Predictor.explain` calls); the base class's refuses."""
+    from torso.tasks.base import Task
+
+    return type(task).activation_maps is not Task.activation_maps
 
 
 def heatmap_record(
