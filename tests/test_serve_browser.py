@@ -87,7 +87,7 @@ def served(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.returncode in (0, 130), process.stdout.read()
+    assert process.returncode == 0, process.stdout.read()  # Ctrl-C stops it cleanly
 
 
 def test_the_page_classifies_a_dropped_image_and_draws_its_heatmap(served, browser, tmp_path):

@@ -83,5 +83,8 @@ def run(args: argparse.Namespace) -> int:
         f"{model.backend}) at {address_of(sock)}/ (Ctrl-C stops)",
         flush=True,
     )
-    serve(app, sock=sock)
+    try:
+        serve(app, sock=sock)
+    except KeyboardInterrupt:  # Ctrl-C: how a server is stopped, after its requests finish
+        print("stopped", flush=True)
     return 0
