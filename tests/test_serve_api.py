@@ -272,3 +272,21 @@ def test_an_onnx_file_that_does_not_fit_is_refused_by_name(tmp_path, classify_ru
     other = export_run(classify_run, out=tmp_path / "small.onnx", size=32).path
     with pytest.raises(TorsoError, match="takes 32x32 images; the run was trained at 64x64"):
         ServedModel(classify_run, onnx=other)
+
+
+def test_a_bug_in_the_model_call_is_a_500_and_the_server_carries_on(classify_run, monkeypatch):
+    model = ServedModel(classify_run)
+    calls = []
+
+    def broken(images, explain=False):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("a bug, not the user's fault")
+        return ServedModel.answer(model, images, explain)
+
+    monkeypatch.setattr(model, "answer", broken)
+    with TestClient(create_app(model), raise_server_exceptions=False) as client:
+        failed = client.post("/predict", content=image_bytes(0))
+        assert failed.status_code == 500
+        assert failed.json() == {"error": "internal error (RuntimeError); see the log"}
+        assert client.post("/predict", content=image_bytes(0)).status_code == 200

@@ -149,11 +149,11 @@ def create_app(
 
 
 def flag(text: str, name: str) -> bool:
-    """A query flag: 1/true/yes or 0/false/no."""
+    """A query flag: 1/true/yes/on, or 0/false/no/off (or nothing)."""
     word = text.strip().lower()
-    if word in ("1", "true", "yes", "on", ""):
-        return word != ""
-    if word in ("0", "false", "no", "off"):
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
         return False
     raise RequestError(400, f"?{name}= takes 1 or 0, got {text!r}")
 
