@@ -20,7 +20,9 @@ print("HEAVY", heavy)
 """
 
 
-@pytest.mark.parametrize("arguments", [["--help"], ["check", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize(
+    "arguments", [["--help"], ["check", "--help"], ["predict", "--help"], ["interpret", "--help"]]
+)
 def test_help_imports_no_task_module(arguments):
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, timeout=120

@@ -45,6 +45,9 @@ _BOOKKEEPING_KEYS = frozenset({"epoch", "step", "time", "seconds", "elapsed", "l
 
 #: Weight of the class colour in an overlay pixel (the rest is the image's grey level).
 OVERLAY_ALPHA = 0.6
+#: How much of a heat map shows over its image, and matplotlib's colour map for it.
+HEATMAP_ALPHA = 0.5
+HEATMAP_COLOURS = "jet"
 _MAX_LABEL_CHARS = 24
 
 
@@ -313,16 +316,19 @@ def plot_top_losses(
     probabilities: Any,
     class_names: Sequence[str],
     path: str | os.PathLike,
+    maps: Any = None,
 ) -> Path:
     """The images a model got most wrong, each titled "predicted/actual / loss / probability".
 
     `images` is float `(N, C, H, W)` in `[0, 1]` with `C` 1 or 3; `actual` and `predicted` hold
     `N` class ids; `losses` `N` values; `probabilities` either `N` values (the probability of the
     predicted class) or `(N, K)` class probabilities, from which the predicted class's is taken.
-    The images are shown in decreasing order of loss; titles of wrong predictions are red.
-    Returns the PNG's path.
+    `maps`, when given: `(N, H, W)` in [0, 1], each image's class activation map, drawn over
+    it (`heatmap_overlay`). The images are shown in decreasing order of loss; titles of wrong
+    predictions are red. Returns the PNG's path.
     """
     pictures = _images(images, "images")
+    heat = None if maps is None else _maps(maps, pictures.shape)
     count = len(pictures)
     names = _names(class_names)
     actual_ids = _class_ids(actual, "actual", len(names), allow_void=False)
@@ -360,7 +366,11 @@ def plot_top_losses(
         )
         for slot, index in enumerate(order):
             axes = figure.add_subplot(rows, columns, slot + 1)
-            _show_image(axes, pictures[index])
+            if heat is None:
+                _show_image(axes, pictures[index])
+            else:
+                axes.imshow(heatmap_overlay(_rgb(pictures[index]), heat[index], HEATMAP_ALPHA))
+                axes.set_axis_off()
             right = actual_ids[index] == predicted_ids[index]
             axes.set_title(
                 f"{_label(names[predicted_ids[index]], 14)}/{_label(names[actual_ids[index]], 14)}"
@@ -368,7 +378,8 @@ def plot_top_losses(
                 fontsize=9,
                 color="black" if right else "tab:red",
             )
-        figure.suptitle("top losses: predicted/actual / loss / probability")
+        title = "top losses: predicted/actual / loss / probability"
+        figure.suptitle(title + (" (heat: what drove the prediction)" if heat is not None else ""))
         return _save(figure, path)
 
 
@@ -774,6 +785,16 @@ def _images(value: Any, name: str) -> np.ndarray:
     return np.clip(pictures, 0, 1)
 
 
+def _maps(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Heat maps `(N, H, W)` in [0, 1] for the images of `shape` `(N, C, H, W)`."""
+    maps = np.clip(_array(value, "maps").astype(np.float32), 0, 1)
+    if maps.shape != (shape[0], *shape[2:]):
+        raise TorsoError(
+            f"maps must have shape (N, H, W) = {(shape[0], *shape[2:])}, got {tuple(maps.shape)}"
+        )
+    return maps
+
+
 def _class_ids(value: Any, name: str, num_classes: int, allow_void: bool = True) -> np.ndarray:
     ids = _array(value, name)
     if not np.issubdtype(ids.dtype, np.integer):
@@ -847,6 +868,32 @@ def overlay_image(image: Image.Image, mask: np.ndarray, num_classes: int) -> Ima
     `overlay` does; mask: class ids `(H, W)` at the image's size, `VOID` for none."""
     picture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     blended = overlay(picture, np.asarray(mask), palette(num_classes))
+    return Image.fromarray(np.clip(np.round(blended * 255), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def heatmap_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend a heat map onto an image: picture float `(H, W, 3)` in [0, 1], heat `(H, W)` in
+    [0, 1]; returns float `(H, W, 3)` in [0, 1]."""
+    colours = matplotlib.colormaps[HEATMAP_COLOURS](heat)[..., :3].astype(np.float32)
+    return (1 - alpha) * picture + alpha * colours
+
+
+def heatmap_image(image: Image.Image, heat: Any, alpha: float = HEATMAP_ALPHA) -> Image.Image:
+    """A PIL image with a heat map (a class activation map) drawn over it.
+
+    heat: `(H, W)` in [0, 1] at the image's size; each value becomes its `HEATMAP_COLOURS`
+    colour (blue for 0, red for 1), blended over the image with weight `alpha` in [0, 1].
+    """
+    if not 0 <= alpha <= 1:
+        raise TorsoError(f"alpha must be between 0 and 1, got {alpha}")
+    values = np.clip(_array(heat, "heat", ndim=2).astype(np.float32), 0, 1)
+    if values.shape != (image.height, image.width):
+        raise TorsoError(
+            f"heat map is {values.shape[1]}x{values.shape[0]} but its image is "
+            f"{image.width}x{image.height}"
+        )
+    picture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    blended = heatmap_overlay(picture, values, alpha)
     return Image.fromarray(np.clip(np.round(blended * 255), 0, 255).astype(np.uint8), mode="RGB")
 
 

@@ -36,6 +36,7 @@ from torchmetrics.classification import (
 
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
+from torso.files import unique_stems
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -452,7 +453,7 @@ class SegmentTask(Task):
         num_classes, classes = output_names(predictor.config)
         records: list[dict[str, Any]] = []
         rows: list[list[str]] = []
-        stems = _unique_stems(paths)
+        stems = unique_stems(paths)
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
             masks = predict_masks(predictor, chunk, tta=tta, batch_size=batch_size)
@@ -550,46 +551,16 @@ def _decoded(image: Any, in_channels: int) -> tuple[Any, tuple[int, int]]:
     return image, (0, 0)  # not an image: prepare_images says what is wrong with it
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems for the outputs, made unique when two inputs share one (`a/x.png`, `b/x.png`)."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = Path(path).stem
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        stems.append(stem if count == 0 else f"{stem}-{count + 1}")
-    return stems
-
-
 def _original_size_mask(
     mask: torch.Tensor, height: int, width: int, resize: str, ignore_index: int
 ) -> torch.Tensor:
     """Undo `torso.data.transforms.resize_square` on a predicted `(S, S)` mask: the mask of the
     original `height`×`width` image (nearest). Parts of the image the model did not see (cut off
     by `resize="crop"`) get `ignore_index`."""
-    size = mask.shape[-1]
-    if resize == "crop":
-        # The image was scaled so its short side is `size`, then its centre cut out (torchvision
-        # rounds the offsets): put the mask back in the middle, void around it.
-        scale = size / min(height, width)
-        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
-        top, left = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
-        region = torch.full(scaled, ignore_index, dtype=mask.dtype)
-        region[top : top + size, left : left + size] = mask
-    elif resize == "pad":
-        # The image was scaled so its long side is `size`, then padded around: cut the pad off.
-        scale = size / max(height, width)
-        scaled = (
-            max(1, min(size, round(height * scale))),
-            max(1, min(size, round(width * scale))),
-        )
-        top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
-        region = mask[top : top + scaled[0], left : left + scaled[1]]
-    else:
-        region = mask
-    resized = F.interpolate(region[None, None].float(), size=(height, width), mode="nearest-exact")
-    return resized[0, 0].to(torch.uint8)
+    from torso.data.transforms import undo_resize_square
+
+    back = undo_resize_square(mask, height, width, resize, fill=ignore_index, mode="nearest-exact")
+    return back.to(torch.uint8)
 
 
 @torch.no_grad()
