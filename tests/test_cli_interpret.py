@@ -1,9 +1,12 @@
-"""`torso interpret` on a run trained from the command line: a heat map over each image at
-its own size, an index, unreadable files reported one line each, tasks without maps refused."""
+"""On a run trained from the command line: its model card and the report's interpretation;
+`torso interpret`: a heat map over each image at its own size, an index, unreadable files
+reported one line each, tasks without maps refused."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -31,7 +34,7 @@ def trained(tmp_path_factory):
 def test_interpret_writes_an_overlay_per_image_and_an_index(trained, tmp_path, capsys):
     run, data = trained
     images = write_images(tmp_path / "photos" / "nested")  # two 60x40 images, three bad files
-    (data / "circle" / "0.png").replace(tmp_path / "photos" / "0.png")
+    shutil.copy(data / "circle" / "0.png", tmp_path / "photos" / "0.png")
     out = tmp_path / "cams"
     code = main(["interpret", str(run), str(tmp_path / "photos"), "--out", str(out)])
     captured = capsys.readouterr()
@@ -82,3 +85,30 @@ def test_interpret_refuses_a_task_without_maps(tmp_path, capsys, task_name):
     err = capsys.readouterr().err
     assert f"a {task_name} model has no class activation map" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_run_has_a_model_card_generated_from_it(trained):
+    run, data = trained
+    card = (run / "card.md").read_text(encoding="utf-8")
+    final = list(csv.DictReader((run / "metrics.csv").open()))[-1]
+    assert f"| accuracy | {float(final['accuracy']):.4f} |" in card
+    assert f"| valid_loss | {float(final['valid_loss']):.4f} |" in card
+    assert "classifies 32x32 images into one of 3 classes: circle, square, triangle" in card
+    assert "### Per class" in card and "| class | precision | recall | f1 | images |" in card
+    # The data table: each class's 8 images, split between training and validation.
+    for name in ("circle", "square", "triangle"):
+        (row,) = [line for line in card.splitlines() if line.startswith(f"| {name} | ")][:1]
+        training, validation = (int(cell) for cell in row.strip("| ").split(" | ")[1:3])
+        assert training + validation == 8 and training > validation
+    assert f'predictor = torso.load("{run}")' in card
+    assert f"torso predict {run} photos/" in card
+    assert f"torso train {data} --backbone test_resnet --size 32 --batch-size 8" in card
+    assert "- Validated only on the " in card and "Fewest training images" in card
+
+
+def test_the_report_shows_the_per_class_table_and_top_losses_with_maps(trained):
+    run, _ = trained
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Per class</h2>" in page
+    assert "<th>precision</th><th>recall</th><th>f1</th><th>images</th>" in page
+    assert (run / "top_losses.png").is_file() and "figcaption>top losses<" in page

@@ -116,6 +116,7 @@ def plot_losses(
     *,
     frozen_epochs: Collection[int] = (),
     best_epoch: int | None = None,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Loss curves (train and valid) and one panel per metric, over the epochs of `history`.
 
@@ -389,6 +390,7 @@ def plot_segmentation(
     predictions: Any,
     class_names: Sequence[str],
     path: str | os.PathLike,
+    notes: Sequence[str] | None = None,
 ) -> Path:
     """Image | truth | prediction side by side, one row per image, masks as colour overlays.
 
@@ -396,7 +398,8 @@ def plot_segmentation(
     `(N, H, W)` (or `(N, 1, H, W)`) class ids in `[0, K)` with `K = len(class_names)`, or `VOID`
     (255) in the truths for pixels without a class, left transparent. Colours come from
     `palette(K)`; the legend lists the classes that appear. Each prediction's title gives its
-    pixel accuracy over non-void pixels. Returns the PNG's path.
+    pixel accuracy over non-void pixels, and `notes[i]` when given (e.g. "Dice 0.42"). Returns
+    the PNG's path.
     """
     pictures = _images(images, "images")
     names = _names(class_names)
@@ -412,6 +415,8 @@ def plot_segmentation(
                 f"got {tuple(ids.shape)}"
             )
         masks[name] = ids
+    if notes is not None and len(notes) != count:
+        raise TorsoError(f"notes has {len(notes)} entries but there are {count} images")
     colours = palette(len(names))
     present = sorted(
         int(value) for value in np.unique(np.concatenate([m.ravel() for m in masks.values()]))
@@ -428,10 +433,11 @@ def plot_segmentation(
             truth, prediction = masks["truths"][row], masks["predictions"][row]
             valid = truth != VOID
             accuracy = (prediction[valid] == truth[valid]).mean() if valid.any() else float("nan")
+            measure = f"pixel acc {accuracy:.1%}" + (f", {notes[row]}" if notes else "")
             panels = (
                 (picture, "image"),
                 (overlay(picture, truth, colours), "truth"),
-                (overlay(picture, prediction, colours), f"prediction (pixel acc {accuracy:.1%})"),
+                (overlay(picture, prediction, colours), f"prediction ({measure})"),
             )
             for axes, (shown, title) in zip(grid[row], panels, strict=True):
                 axes.imshow(shown, interpolation="nearest")
@@ -617,6 +623,7 @@ def write_report(
     settings: Mapping[str, Any] | None = None,
     frozen_epochs: Collection[int] = (),
     best_epoch: int | None = None,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Write `run_dir/report.html`: one self-contained page about a run, and return its path.
 
@@ -624,7 +631,8 @@ def write_report(
     run's `settings` (what was trained how, on what, when and where: name → value), a table of
     the final `metrics`, a table of the `history` (one row per epoch, one column per key; with
     `frozen_epochs` or `best_epoch`, a last column notes "head only" and "best" for the rows
-    whose `epoch` is one of them, and the best row is bold), every image
+    whose `epoch` is one of them, and the best row is bold), each of `tables` (title → rows,
+    one dict column → value a row: a task's per-class scores), every image
     of `images` (PNG, JPEG or GIF files, embedded as base64 data URIs and captioned by file name),
     the model summary `summary_text` as pre-formatted text, and the run `config` as JSON. Styles
     are inline and a Content-Security-Policy forbids fetching anything, so the file can be mailed
@@ -675,6 +683,10 @@ def write_report(
         for key, value in metrics.items():
             parts.append(f'<tr><td class="key">{_escape(key)}</td><td>{_cell(value)}</td></tr>')
         parts.append("</table>")
+    for caption, rows in (tables or {}).items():
+        if rows:
+            parts.append(f"<h2>{_escape(caption[:1].upper() + caption[1:])}</h2>")
+            parts.append(_table(rows))
     if history:
         columns: list[str] = []
         for entry in history:
@@ -895,6 +907,25 @@ def heatmap_image(image: Image.Image, heat: Any, alpha: float = HEATMAP_ALPHA) -
     picture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     blended = heatmap_overlay(picture, values, alpha)
     return Image.fromarray(np.clip(np.round(blended * 255), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """An HTML table of `rows` (dicts column → value); the first column is left-aligned."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(str(key) for key in row if str(key) not in columns)
+    kinds = [' class="key"'] + [""] * (len(columns) - 1)
+    head = "".join(f"<th{kind}>{_escape(c)}</th>" for kind, c in zip(kinds, columns, strict=True))
+    lines = [f'<div class="scroll"><table><tr>{head}</tr>']
+    for row in rows:
+        by_name = {str(key): value for key, value in row.items()}
+        cells = "".join(
+            f"<td{kind}>{_cell(by_name.get(c))}</td>"
+            for kind, c in zip(kinds, columns, strict=True)
+        )
+        lines.append(f"<tr>{cells}</tr>")
+    lines.append("</table></div>")
+    return "\n".join(lines)
 
 
 def _escape(text: Any) -> str:

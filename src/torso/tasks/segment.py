@@ -202,6 +202,7 @@ class SegmentTask(Task):
         TaskOption("self_attention", bool, False, "a self-attention layer in the decoder"),
     )
     output_meaning = "class scores (logits) per pixel (N, K, H, W); softmax over K"
+    purpose = "assigns each pixel of {size} images one of {count} classes: {classes}"
     output_activation = "softmax"
 
     def __init__(
@@ -483,31 +484,59 @@ class SegmentTask(Task):
 
     # -- the report --------------------------------------------------------------------------
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
-        """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images."""
+        """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images
+        (`segmentation.png`), and for the `SEGMENTATION_SAMPLES` of lowest Dice
+        (`image_dice`), lowest first (`worst_dice.png`)."""
         from torso import plots
 
-        images, truths, count = [], [], 0
+        classes = predictor.config.class_names()
+        shown: list[tuple[torch.Tensor, ...]] = []
+        worst: tuple[torch.Tensor, ...] | None = None
         for x, y in loader:
             if not isinstance(x, torch.Tensor):
                 return []
-            images.append(x.cpu())
-            truths.append(y.cpu())
-            count += len(x)
-            if count >= SEGMENTATION_SAMPLES:
-                break
-        if not images:
+            images, truths = x.float().cpu(), y.cpu().reshape(len(x), *x.shape[-2:])
+            predicted = self.decode(predictor.activations(images))
+            if sum(len(part[0]) for part in shown) < SEGMENTATION_SAMPLES:
+                shown.append((images, truths, predicted))
+            dice = image_dice(predicted, truths, len(classes), self.options["ignore_index"])
+            worst = lowest(worst, (images, truths, predicted, dice), SEGMENTATION_SAMPLES)
+        if worst is None:
             return []
-        batch = torch.cat(images)[:SEGMENTATION_SAMPLES]
-        targets = torch.cat(truths)[:SEGMENTATION_SAMPLES]
-        activations = predictor.activations(batch)
-        figure = plots.plot_segmentation(
-            batch,
-            targets,
-            self.decode(activations),
-            predictor.config.class_names(),
-            folder / "segmentation.png",
-        )
-        return [figure]
+        first = [torch.cat(parts)[:SEGMENTATION_SAMPLES] for parts in zip(*shown, strict=True)]
+        notes = [f"Dice {value:.3f}" for value in worst[3].tolist()]
+        return [
+            plots.plot_segmentation(*first, classes, folder / "segmentation.png"),
+            plots.plot_segmentation(*worst[:3], classes, folder / "worst_dice.png", notes=notes),
+        ]
+
+
+def image_dice(
+    predicted: torch.Tensor, truth: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """The Dice of each image `(N,)`: 2|P∩T| / (|P| + |T|) of each class, averaged over the
+    classes in the image's truth or prediction; void pixels left out, 1 for an image whose
+    pixels are all void. predicted, truth: class ids `(N, H, W)`."""
+    valid = (truth != ignore_index).unsqueeze(-1)
+    truth_ids = torch.where(valid[..., 0], truth, 0).long()
+    guessed = F.one_hot(predicted.long(), num_classes).bool() & valid
+    actual = F.one_hot(truth_ids, num_classes).bool() & valid
+    overlap = (guessed & actual).sum(dim=(1, 2)).double()
+    total = (guessed.sum(dim=(1, 2)) + actual.sum(dim=(1, 2))).double()
+    present = total > 0
+    per_class = torch.where(present, 2 * overlap / total.clamp(min=1), 0.0)
+    dice = per_class.sum(dim=1) / present.sum(dim=1).clamp(min=1)
+    return torch.where(present.any(dim=1), dice, 1.0).float()
+
+
+def lowest(
+    kept: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...], count: int
+) -> tuple[torch.Tensor, ...]:
+    """The `count` samples of lowest score among `kept` and `new` (tensors of the same
+    length, the score last), lowest first: the report keeps a few images, never all."""
+    merged = new if kept is None else tuple(torch.cat(pair) for pair in zip(kept, new, strict=True))
+    order = torch.argsort(merged[-1], stable=True)[:count]
+    return tuple(part[order] for part in merged)
 
 
 def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
