@@ -80,6 +80,7 @@ def test_target_by_name_equals_target_by_index_and_bad_targets_are_named(tmp_pat
     by_name = predictor.explain(images, target="square")
     assert torch.equal(by_name, predictor.explain(images, target=1))
     assert torch.equal(by_name, predictor.explain(images, target=["square", 1]))
+    assert torch.equal(by_name, predictor.explain(images, target=torch.tensor([1, 1])))
     mixed = predictor.explain(images, target=["circle", "triangle"])
     assert torch.equal(mixed[0], predictor.explain(images[:1], target=0)[0])
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from torso.errors import TorsoError
 from torso.files import atomic_write, unique_stems
 from torso.plots import HEATMAP_ALPHA, heatmap_image
@@ -59,6 +61,43 @@ def interpret_files(
     return records
 
 
+def explain_images(
+    predictor: Predictor,
+    images: Sequence[Image.Image],
+    *,
+    target: int | str | None = None,
+    alpha: float = HEATMAP_ALPHA,
+) -> list[tuple[Image.Image, dict[str, Any]]]:
+    """Each PIL image (as decoded, e.g. by `torso.data.decode.read_pil`) with its class
+    activation map drawn over it at its own size, and `{"prediction", "explained",
+    "probability"}` (see `interpret_files`). A task without maps: `NotExplainableError`."""
+    from torso.data.decode import convert_mode, image_to_tensor
+    from torso.data.transforms import undo_resize_square
+
+    config = predictor.config
+    tensors = [image_to_tensor(convert_mode(image, config.in_channels)) for image in images]
+    maps = predictor.explain(tensors, target=target, batch_size=len(tensors))
+    activations = predictor.activations(tensors, batch_size=len(tensors))
+    names = config.class_names()
+    if target is None:  # explain's default: the class of highest probability
+        indices = activations.argmax(dim=1).tolist()
+    else:
+        indices = [names.index(target) if isinstance(target, str) else int(target)] * len(images)
+    described = predictor.task.describe(activations, names)
+    results = []
+    for i, image in enumerate(images):
+        heat = undo_resize_square(
+            maps[i], image.height, image.width, config.resize, fill=0.0, mode="bilinear"
+        )
+        record = {
+            "prediction": described[i].get("prediction"),
+            "explained": names[indices[i]],
+            "probability": round(float(activations[i, indices[i]]), 6),
+        }
+        results.append((heatmap_image(image, heat.clamp(0, 1), alpha), record))
+    return results
+
+
 def _interpret_chunk(
     predictor: Predictor,
     paths: list[Path],
@@ -67,40 +106,17 @@ def _interpret_chunk(
     target: int | str | None,
     alpha: float,
 ) -> list[dict[str, Any]]:
-    from torso.data.decode import converted, image_to_tensor, read_pil
-    from torso.data.transforms import undo_resize_square
+    from torso.data.decode import converted, read_pil
 
     config = predictor.config
-    originals = [read_pil(path) for path in paths]
-    images = [
-        image_to_tensor(converted(original, config.in_channels, path))
-        for original, path in zip(originals, paths, strict=True)
-    ]
-    # First: a task without maps refuses before anything is written.
-    maps = predictor.explain(images, target=target, batch_size=len(images))
-    activations = predictor.activations(images, batch_size=len(images))
-    names = config.class_names()
-    if target is None:  # explain's default: the class of highest probability
-        indices = activations.argmax(dim=1).tolist()
-    else:
-        indices = [names.index(target) if isinstance(target, str) else int(target)] * len(images)
-    described = predictor.task.describe(activations, names)
+    # Decoded and converted as prediction reads a file (an unreadable one names its path).
+    originals = [converted(read_pil(path), config.in_channels, path) for path in paths]
+    # Everything is measured before anything is written: a task without maps refuses first.
+    drawn = explain_images(predictor, originals, target=target, alpha=alpha)
     records = []
-    for i, (path, stem, original) in enumerate(zip(paths, stems, originals, strict=True)):
-        heat = undo_resize_square(
-            maps[i], original.height, original.width, config.resize, fill=0.0, mode="bilinear"
-        )
-        overlay = f"{stem}_cam.png"
-        _save_png(heatmap_image(original, heat.clamp(0, 1), alpha), folder / overlay)
-        records.append(
-            {
-                "file": str(path),
-                "prediction": described[i].get("prediction"),
-                "explained": names[indices[i]],
-                "probability": round(float(activations[i, indices[i]]), 6),
-                "overlay": overlay,
-            }
-        )
+    for path, stem, (overlay, record) in zip(paths, stems, drawn, strict=True):
+        _save_png(overlay, folder / f"{stem}_cam.png")
+        records.append({"file": str(path), **record, "overlay": f"{stem}_cam.png"})
     return records
 
 
