@@ -73,9 +73,9 @@ def write_model_card(
 
 def class_counts(loader: Any, classes: Sequence[str]) -> Counter | None:
     """Items of a loader's dataset per class name (what `torso check` counts an item under:
-    `Targets.names`), or None when the dataset does not say (a loader of your own)."""
+    `Targets.names`), or None when the dataset does not say (a loader of your own, or pairs,
+    whose classes are not the model's)."""
     dataset = getattr(loader, "dataset", None)
-    dataset = getattr(dataset, "images", dataset)  # a pair dataset draws from its images
     items, targets = getattr(dataset, "items", None), getattr(dataset, "targets", None)
     if items is None or not hasattr(targets, "names"):
         return None
