@@ -23,7 +23,14 @@ print("HEAVY", heavy)
 
 
 @pytest.mark.parametrize(
-    "arguments", [["--help"], ["check", "--help"], ["predict", "--help"], ["serve", "--help"]]
+    "arguments",
+    [
+        ["--help"],
+        ["check", "--help"],
+        ["predict", "--help"],
+        ["interpret", "--help"],
+        ["serve", "--help"],
+    ],
 )
 def test_help_imports_no_task_module(arguments):
     result = subprocess.run(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from test_predictor import saved_run
@@ -77,6 +80,7 @@ def test_target_by_name_equals_target_by_index_and_bad_targets_are_named(tmp_pat
     by_name = predictor.explain(images, target="square")
     assert torch.equal(by_name, predictor.explain(images, target=1))
     assert torch.equal(by_name, predictor.explain(images, target=["square", 1]))
+    assert torch.equal(by_name, predictor.explain(images, target=torch.tensor([1, 1])))
     mixed = predictor.explain(images, target=["circle", "triangle"])
     assert torch.equal(mixed[0], predictor.explain(images[:1], target=0)[0])
 
@@ -106,3 +110,58 @@ def test_tasks_without_class_scores_refuse_to_explain(tmp_path, task_name):
     predictor = torso.load(saved_run(tmp_path / "run", task_name, num_outputs=2, classes=None))
     with pytest.raises(NotExplainableError, match=f"a {task_name} model has no class activation"):
         predictor.explain(torch.rand(1, 3, 32, 32))
+
+
+# --- torso interpret ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop", "squish"])
+def test_interpret_draws_the_map_where_the_class_is_in_the_original_image(tmp_path, resize):
+    from PIL import Image
+
+    from torso.tools.interpret import INDEX, interpret_files
+
+    # 64 wide, 32 tall: a red square top right of the centre, a dimmer green one bottom left of
+    # it (both inside the centre square that resize="crop" keeps).
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:16, 36:48, 0] = 255
+    pixels[16:, 16:28, 1] = 128
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    config = RunConfig("classify", "test_resnet", 3, 32, classes=COLOURS, resize=resize)
+    predictor = Predictor(colour_model(), get_task("classify"), config)
+
+    records = interpret_files(predictor, [tmp_path / "wide.png"], tmp_path / "out", alpha=1.0)
+    with Image.open(tmp_path / "out" / "wide_cam.png") as drawn:
+        heat = np.asarray(drawn.convert("RGB")).astype(int)
+    assert heat.shape == (32, 64, 3)  # the image's own size
+    # alpha 1: only the colour map (jet: blue at 0, red at 1); its hottest pixel lies in the
+    # red square...
+    row, column = np.unravel_index(np.argmax(heat[..., 0] - heat[..., 2]), heat.shape[:2])
+    assert row < 16 and 36 <= column < 48
+    assert heat[row, column, 0] >= 128 and heat[row, column, 2] == 0
+    # ...dark blue (jet at 0) in the left half, where no red is
+    assert np.abs(heat[:, :24] - [0, 0, 128]).max() <= 2
+    assert records == [
+        {
+            "file": str(tmp_path / "wide.png"),
+            "prediction": "red",
+            "explained": "red",
+            "probability": records[0]["probability"],
+            "overlay": "wide_cam.png",
+        }
+    ]
+    assert 1 / 3 < records[0]["probability"] < 1
+    index = json.loads((tmp_path / "out" / INDEX).read_text())
+    assert index == records
+
+
+def test_heatmap_image_at_alpha_zero_is_the_image_and_refuses_a_wrong_size():
+    from PIL import Image
+
+    from torso.plots import heatmap_image
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8))
+    same = heatmap_image(picture, np.ones((20, 30)), alpha=0.0)
+    assert np.array_equal(np.asarray(same), np.asarray(picture))
+    with pytest.raises(TorsoError, match="heat map is 20x30 but its image is 30x20"):
+        heatmap_image(picture, np.ones((30, 20)))

@@ -108,6 +108,19 @@ def check_detection(ns):
     assert found["labels"].lt(2).all()
 
 
+def check_interpretation(ns):
+    maps = ns["maps"]
+    assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
+    assert set(maps.amax(dim=(1, 2)).tolist()) <= {0.0, 1.0} and maps.min() >= 0
+    assert ns["reds"].shape == (1, 32, 32)
+    card = Path("runs/photos/card.md").read_text()
+    assert "classifies 32x32 images into one of 2 classes: green, red" in card
+    assert 'torso.load("runs/photos")' in card and "### Per class" in card
+    assert "<h2>Per class</h2>" in Path("runs/photos/report.html").read_text()
+    assert Path("cams/0_cam.png").stat().st_size > 100
+    assert '"overlay": "0_cam.png"' in Path("cams/interpret.json").read_text()
+
+
 # The first line of code an example starts with (after its imports) -> its check.
 CHECKS = {
     'body = torso.create_body("resnet34")': check_bodies,
@@ -117,6 +130,7 @@ CHECKS = {
     'dls = load_data("photos/", task="classify", size=224, batch_size=64)': check_data,
     'model = create_siamese_model("resnet34", num_outputs=2)': check_siamese,
     'detector = create_detection_model("resnet18", num_classes=2)': check_detection,
+    "maps = predictor.explain(": check_interpretation,
 }
 
 

@@ -97,7 +97,7 @@ class Predictor:
         self,
         images: Any,
         *,
-        target: int | str | Sequence[int | str] | None = None,
+        target: int | str | Sequence[int | str] | torch.Tensor | None = None,
         batch_size: int = 32,
     ) -> torch.Tensor:
         """Class activation maps (Grad-CAM) of `images`: float32 `(N, H, W)` on the CPU at the
@@ -105,10 +105,10 @@ class Predictor:
         that is zero everywhere stays zero). A single image gives `N = 1`.
 
         images: as `predict` takes them, prepared as validation prepares them.
-        target: the class to explain, by index or name, for every image, or a list of one per
-            image; default: each image's predicted class (classification) or its most
-            probable label (multi-label). The task decides whether a map means anything:
-            other tasks raise `torso.errors.NotExplainableError`.
+        target: the class to explain, by index or name, for every image, or a list (or an
+            int tensor) of one per image; default: each image's predicted class
+            (classification) or its most probable label (multi-label). The task decides
+            whether a map means anything: other tasks raise `torso.errors.NotExplainableError`.
         The model's parameters get no gradients (`.grad` stays None).
         """
         from torso.data.prepare import prepare_images
@@ -128,6 +128,8 @@ class Predictor:
         """`explain`'s `target` as class indices int64 `(count,)`, or None (the predicted)."""
         if target is None:
             return None
+        if isinstance(target, torch.Tensor):
+            target = target.tolist()  # a 0-d tensor gives one int
         targets = [target] * count if isinstance(target, int | str) else list(target)
         if len(targets) != count:
             raise TorsoError(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torso.errors import TorsoError
+from torso.errors import NotExplainableError
 
 
 def grad_cam(
@@ -40,7 +40,7 @@ def grad_cam(
     """
     body, head = getattr(model, "body", None), getattr(model, "head", None)
     if body is None or head is None:
-        raise TorsoError(
+        raise NotExplainableError(
             f"a {type(model).__name__} has no .body and .head: class activation maps need "
             "a torso model whose head takes the body's final feature map"
         )

@@ -13,7 +13,7 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,16 @@ class TaskOption:
         return "--" + self.name.replace("_", "-")
 
 
+@dataclass
+class ReportParts:
+    """What a task adds to a run's report (and its model card): `figures`, the PNG files it
+    wrote, and `tables`, title → rows (each row a dict column → value), e.g.
+    `{"per class": [{"class": "cat", "precision": 0.9, ...}, ...]}`."""
+
+    figures: list[Path] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
 def output_names(config: RunConfig | Mapping[str, Any]) -> tuple[int, list[str]]:
     """The number of outputs and their names (`"0"`, `"1"`, ... when unnamed), from a
     `RunConfig` or a `torso.json`-style dict."""
@@ -80,6 +90,8 @@ class Task:
         serve_view: how the page of `torso serve` draws one answer: `"classes"` (the top
             classes and their probabilities), `"labels"`, `"values"`, `"mask"`, `"boxes"`,
             `"pair"`, or `"record"` (the record's fields as a table).
+        purpose: what the model does, for its model card: a `str.format` template of `size`
+            ("64x64"), `count` (outputs) and `classes` (their names, comma-separated).
     """
 
     name: str = ""
@@ -93,6 +105,7 @@ class Task:
     output_activation: str | None = None
     exports_dynamic: bool = True
     serve_view: str = "record"
+    purpose: str = "maps each {size} image to {count} outputs"
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
@@ -289,6 +302,12 @@ class Task:
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """The task's figures of a run's validation set `loader`, written into `folder`."""
         return []
+
+    def report_parts(self, predictor: Predictor, loader: Any, folder: Path) -> ReportParts:
+        """The task's figures and tables of a run's validation set `loader` (figures written
+        into `folder`): by default `report_figures` and no table. A task with tables measures
+        the loader once for both by overriding this."""
+        return ReportParts(figures=self.report_figures(predictor, loader, folder))
 
 
 def records_csv(paths: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> str:

@@ -136,6 +136,10 @@ class DetectTask(Task):
         "detections (N, D, 6): x0, y0, x1, y1 in pixels of the prepared image, score, class "
         "index; padded with score 0 and class -1"
     )
+    purpose = (
+        "finds objects of {count} classes in {size} images, each as a box with its class and "
+        "score: {classes}"
+    )
 
     def __init__(
         self, detector: str = "fcos", pyramid_channels: int = 256, score_threshold: float = 0.05
