@@ -563,11 +563,12 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     return {"mask": values, "classes": list(classes), "shares": shares}
 
 
-def mask_png(mask: np.ndarray) -> dict[str, Any]:
-    """A uint8 mask `(H, W)` of class ids as JSON: `{"encoding": "png", "width", "height",
+def mask_png(mask: Any) -> dict[str, Any]:
+    """A uint8 mask `(H, W)` (numpy) of class ids as JSON: `{"encoding": "png", "width", "height",
     "data": the base64 text of a single-channel 8-bit PNG whose pixel values are the ids}`."""
     import base64
 
+    import numpy as np
     from PIL import Image
 
     buffer = io.BytesIO()
