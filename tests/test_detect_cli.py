@@ -45,6 +45,9 @@ def test_train_detect_and_predict_coco_results(trained, tmp_path):
     data, run, last = trained
     assert float(last["map_50"]) >= MAP_50_AT_LEAST
     assert (run / "detections.png").is_file()
+    card = (run / "card.md").read_text()
+    assert "finds objects of 2 classes in 64x64 images, each as a box" in card
+    assert f"| map_50 | {float(last['map_50']):.4f} |" in card
 
     # the validation images, as the run split them, predicted from their files
     source = read_boxes(data)

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ from safetensors.torch import load as load_tensor_bytes
 from safetensors.torch import save as save_tensor_bytes
 
 from torso.errors import TorsoError
+
+
+def unique_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """File stems for the outputs written per input file, made unique when two inputs share
+    one (`a/x.png`, `b/x.png` → `x`, `x-2`)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        stems.append(stem if count == 0 else f"{stem}-{count + 1}")
+    return stems
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:

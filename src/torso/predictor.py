@@ -13,7 +13,7 @@ gathered back in order, as the Learner does; a Predictor never creates a process
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,62 @@ class Predictor:
         (see `torso.tasks.segment.SegmentTask.describe`).
         """
         return self.task.predict_records(self, images, tta=tta, batch_size=batch_size)
+
+    def explain(
+        self,
+        images: Any,
+        *,
+        target: int | str | Sequence[int | str] | torch.Tensor | None = None,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Class activation maps (Grad-CAM) of `images`: float32 `(N, H, W)` on the CPU at the
+        model's input size (`config.size`), each scaled to [0, 1] by its own maximum (a map
+        that is zero everywhere stays zero). A single image gives `N = 1`.
+
+        images: as `predict` takes them, prepared as validation prepares them.
+        target: the class to explain, by index or name, for every image, or a list (or an
+            int tensor) of one per image; default: each image's predicted class
+            (classification) or its most probable label (multi-label). The task decides
+            whether a map means anything: other tasks raise `torso.errors.NotExplainableError`.
+        The model's parameters get no gradients (`.grad` stays None).
+        """
+        from torso.data.prepare import prepare_images
+
+        if batch_size < 1:
+            raise TorsoError(f"batch_size must be at least 1, got {batch_size}")
+        batch = prepare_images(self.config, images)
+        classes = self._target_classes(target, len(batch))
+        maps = []
+        for start in range(0, len(batch), batch_size):
+            chunk = batch[start : start + batch_size].to(self.device)
+            chosen = None if classes is None else classes[start : start + batch_size]
+            maps.append(self.task.activation_maps(self.model, chunk, chosen).float().cpu())
+        return torch.cat(maps)
+
+    def _target_classes(self, target: Any, count: int) -> torch.Tensor | None:
+        """`explain`'s `target` as class indices int64 `(count,)`, or None (the predicted)."""
+        if target is None:
+            return None
+        if isinstance(target, torch.Tensor):
+            target = target.tolist()  # a 0-d tensor gives one int
+        targets = [target] * count if isinstance(target, int | str) else list(target)
+        if len(targets) != count:
+            raise TorsoError(
+                f"target: give one class or one per image ({count}), not {len(targets)}"
+            )
+        names = self.config.class_names()
+        indices = []
+        for item in targets:
+            if isinstance(item, str) and item in names:
+                indices.append(names.index(item))
+            elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
+                indices.append(item)
+            else:
+                raise TorsoError(
+                    f"target {item!r} is not a class of this model: give an index below "
+                    f"{len(names)} or one of {', '.join(names)}"
+                )
+        return torch.tensor(indices, dtype=torch.int64)
 
     # -- loaders -------------------------------------------------------------------------
     @torch.no_grad()

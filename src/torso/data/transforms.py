@@ -121,6 +121,73 @@ def _to_square(
     return value
 
 
+def undo_resize_square(
+    values: torch.Tensor, height: int, width: int, resize: str, *, fill: float, mode: str
+) -> torch.Tensor:
+    """A map `(S, S)` over a `resize_square` output, brought back over the original
+    `height`×`width` image (float32): the inverse of the resize, by `mode` ("bilinear" for a
+    heat map, "nearest-exact" for class ids). Parts of the image the model did not see (cut
+    off by `resize="crop"`) get `fill`; the pad of `resize="pad"` is cut off."""
+    size = values.shape[-1]
+    values = values.float()
+    if resize == "crop":
+        # The image was scaled so its short side is `size`, then its centre cut out (torchvision
+        # rounds the offsets): put the map back in the middle, `fill` around it.
+        scale = size / min(height, width)
+        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
+        top, left = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+        region = torch.full(scaled, float(fill))
+        region[top : top + size, left : left + size] = values
+    elif resize == "pad":
+        # The image was scaled so its long side is `size`, then padded around: cut the pad off.
+        scale = size / max(height, width)
+        scaled = (
+            max(1, min(size, round(height * scale))),
+            max(1, min(size, round(width * scale))),
+        )
+        top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
+        region = values[top : top + scaled[0], left : left + scaled[1]]
+    else:
+        region = values
+    smooth = {"align_corners": False} if mode == "bilinear" else {}
+    resized = torch.nn.functional.interpolate(
+        region[None, None], size=(height, width), mode=mode, **smooth
+    )
+    return resized[0, 0]
+
+
+def input_region(
+    height: int, width: int, size: int, resize: str = "squish"
+) -> tuple[float, float, float, float]:
+    """Where the `size x size` square that `resize_square` makes of a `height x width` image
+    lies over that image: `(left, top, right, bottom)` in the image's pixels. `squish` covers
+    the whole image; `crop` its centre square, inside it; `pad` a square larger than the image,
+    around it. A position `x` in the square is `left + x * (right - left) / size` in the image."""
+    if resize == "squish":
+        return 0.0, 0.0, float(width), float(height)
+    if resize == "crop":
+        scale = size / min(height, width)
+        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
+        # torchvision's center_crop: the offset rounded to the nearest pixel
+        top, left = (float(int(round((side - size) / 2.0))) for side in scaled)
+    elif resize == "pad":
+        scale = size / max(height, width)
+        scaled = (
+            max(1, min(size, round(height * scale))),
+            max(1, min(size, round(width * scale))),
+        )
+        top, left = (-float((size - side) // 2) for side in scaled)
+    else:
+        raise TorsoError(f"unknown resize mode {resize!r}: give squish, crop or pad")
+    scale_y, scale_x = height / scaled[0], width / scaled[1]
+    return (
+        left * scale_x,
+        top * scale_y,
+        (left + size) * scale_x,
+        (top + size) * scale_y,
+    )
+
+
 def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
     """The random generator of one sample: a function of (seed, epoch, index, stream) only."""
     return np.random.default_rng([int(seed), int(epoch), int(index), int(stream)])

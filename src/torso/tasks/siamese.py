@@ -40,7 +40,9 @@ class SiameseTask(Task):
     images_per_sample = 2
     input_names = ("images_a", "images_b")
     output_meaning = "scores (logits) (N, 2) for (different, same); softmax gives probabilities"
+    purpose = "tells whether two {size} images show the same class"
     output_activation = "softmax"
+    serve_view = "pair"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0 <= label_smoothing < 1:
