@@ -60,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "demo",
         help=HELP,
         description=(
-            "classify: tf_efficientnet_lite0 (ImageNet weights) on 3,000 Fashion-MNIST images, "
+            "classify: tf_efficientnet_lite0 (ImageNet weights) on 10,000 Fashion-MNIST images, "
             "validated on 1,000 others. segment: a U-Net on the same body on tiles of a real "
             "nuclei image, validated on a held-out band of it. detect: FCOS on the same body "
             "finds the nuclei of those tiles (boxes of the mask's connected components). "
