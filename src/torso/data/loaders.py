@@ -54,6 +54,20 @@ def default_workers() -> int:
     return max(1, min(cores, 8))
 
 
+def auto_workers(batches: int, *, final_in_cache: bool) -> int:
+    """Loader workers when none are asked for: the usable cores (at most 8, at most the number
+    of training batches), or none when `final_in_cache`.
+
+    `final_in_cache`: the presize cache holds every image at its final size and nothing is
+    augmented, so from the second epoch on a batch is a copy out of memory. A worker would then
+    only hold a core the model could use (`torso train` gives the model the cores the workers
+    leave free); the first epoch decodes in the training process instead.
+    """
+    if final_in_cache or batches <= 1:
+        return 0
+    return min(default_workers(), batches)
+
+
 class DataCheckError(TorsoError):
     """The data has problems (listed in `report`); `skip_bad=True` skips those files instead."""
 
@@ -274,7 +288,8 @@ def load_data(
     factories called with the dataset, e.g. for a `DistributedSampler`; the default training
     order is shuffled by (seed, epoch). `progress(done, total)` is called while the check
     reads the files. `num_workers` defaults to the usable cores (at most 8, at most the number
-    of training batches).
+    of training batches), and to none when the cache holds the final images (no augmentation;
+    see `auto_workers`).
     """
     size = _positive_int("size", size)
     batch_size = _positive_int("batch_size", batch_size)
@@ -375,7 +390,9 @@ def load_data(
 
     batches = len(train) // batch_size if len(train) >= batch_size else 1
     if num_workers is None:
-        num_workers = min(default_workers(), batches) if batches > 1 else 0
+        num_workers = auto_workers(
+            batches, final_in_cache=augmentation is None and train_cache is not None
+        )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     collate = Collate(layout.pairs)
