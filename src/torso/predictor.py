@@ -153,19 +153,20 @@ class Predictor:
     @torch.no_grad()
     def get_preds(
         self, loader: Iterable | None = None, *, with_loss: bool = False, with_inputs: bool = False
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Activations, targets and optionally per-sample losses and the inputs over `loader`
         (batches `(x, y)`), all on the CPU.
 
         Returns `"activations"` (N, ...), `"targets"` (N, ...), and `"losses"` (N,) and
-        `"inputs"` (N, C, H, W; the first image of a pair) when asked for. Under torchrun a
-        loader shared out among the processes is gathered: every process gets all N rows, in
-        the loader's order.
+        `"inputs"` (N, C, H, W; the first image of a pair) when asked for. Targets that are not
+        one tensor a batch (detection: a dict of boxes and labels per image) come as a list of
+        N such dicts. Under torchrun a loader shared out among the processes is gathered:
+        every process gets all N rows, in the loader's order.
         """
         batches = self._loader(loader)
         shared = self._measured_together(batches)
         self.model.eval()
-        parts: dict[str, list[torch.Tensor]] = {"activations": [], "targets": []}
+        parts: dict[str, list[Any]] = {"activations": [], "targets": []}
         if with_loss:
             parts["losses"] = []
         if with_inputs:
@@ -182,13 +183,13 @@ class Predictor:
         return self._finish(parts, shared)
 
     @torch.no_grad()
-    def tta(self, loader: Iterable | None = None) -> dict[str, torch.Tensor]:
+    def tta(self, loader: Iterable | None = None) -> dict[str, Any]:
         """Test-time augmentation over `loader`: each sample's activations averaged with those
         of its mirror image (put back by `task.undo_flip`). Returns `{"activations",
         "targets"}` as `get_preds` does (gathered likewise)."""
         batches = self._loader(loader)
         shared = self._measured_together(batches)
-        parts: dict[str, list[torch.Tensor]] = {"activations": [], "targets": []}
+        parts: dict[str, list[Any]] = {"activations": [], "targets": []}
         for x, y in batches:
             parts["activations"].append(self._activations(self._to_device(x), True).cpu())
             parts["targets"].append(_cpu(y))
@@ -232,14 +233,21 @@ class Predictor:
         return shared
 
     @staticmethod
-    def _finish(parts: dict[str, list[torch.Tensor]], shared: bool) -> dict[str, torch.Tensor]:
+    def _finish(parts: dict[str, list[Any]], shared: bool) -> dict[str, Any]:
+        """Each part's batches joined: tensors concatenated, lists of per-sample objects (a
+        detection's targets) chained; under torchrun gathered from every process in order."""
+        from torso import distributed
+
         if not parts["activations"]:
             raise TorsoError("the loader yields no batches")
-        results = {key: torch.cat(values) for key, values in parts.items()}
-        if shared:
-            from torso import distributed
-
-            results = {key: distributed.gather_in_order(value) for key, value in results.items()}
+        results: dict[str, Any] = {}
+        for key, values in parts.items():
+            if isinstance(values[0], list):
+                joined = [item for batch in values for item in batch]
+                results[key] = distributed.gather_objects_in_order(joined) if shared else joined
+            else:
+                joined = torch.cat(values)
+                results[key] = distributed.gather_in_order(joined) if shared else joined
         return results
 
 
@@ -276,8 +284,17 @@ def choose_device(device: str | torch.device, option: str = "device") -> torch.d
     return chosen
 
 
-def _cpu(value: Any) -> torch.Tensor:
-    return value.cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+def _cpu(value: Any) -> torch.Tensor | list[dict[str, Any]]:
+    """A batch's targets on the CPU: a tensor, or a list of per-sample dicts (detection: boxes
+    and labels, a different number for each image) with each tensor in them moved."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, list | tuple) and value and isinstance(value[0], Mapping):
+        return [
+            {key: v.cpu() if isinstance(v, torch.Tensor) else v for key, v in item.items()}
+            for item in value
+        ]
+    return torch.as_tensor(value)
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -> Predictor:

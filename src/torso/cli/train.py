@@ -592,6 +592,7 @@ def _train_in(args: argparse.Namespace, out: Path) -> int:
 
     set_seed(args.seed)
     dls = load_training_data(args)
+    task = task.with_data(dls)
     callbacks = [] if args.quiet else [Progress()]
     callbacks.append(CSVLog())
     if len(dls.valid.dataset) > 0:

@@ -68,32 +68,57 @@ def resize_square(
     mask: torch.Tensor | None = None,
     ignore_index: int = 255,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resize an image `(C, H, W)` (and its mask `(1, H, W)`) to `size x size` by `resize`."""
-    height, width = image.shape[-2:]
+    """Resize an image `(C, H, W)` (and its mask `(1, H, W)`, or its boxes as a
+    `tv_tensors.BoundingBoxes`) to `size x size` by `resize`."""
+    target = _scaled_shape(*image.shape[-2:], size, resize)
+    image = _to_square(image, target, size, resize, fill=0)
+    if mask is not None:
+        mask = _to_square(mask, target, size, resize, fill=ignore_index, nearest=True)
+    return image, mask
+
+
+def resize_square_boxes(boxes: torch.Tensor, size: int, resize: str = "squish") -> torch.Tensor:
+    """The boxes (a `tv_tensors.BoundingBoxes` on their image's canvas) as `resize_square`
+    moves them with their image, without the image: the same steps, so the same numbers."""
+    target = _scaled_shape(*boxes.canvas_size, size, resize)
+    return _to_square(boxes, target, size, resize, fill=0)
+
+
+def _scaled_shape(height: int, width: int, size: int, resize: str) -> list[int]:
+    """The `[height, width]` an image is scaled to before it is cropped or padded to `size`."""
     if resize == "squish":
-        target = [size, size]
-    elif resize == "crop":
-        scale = size / min(height, width)
-        target = [max(size, round(height * scale)), max(size, round(width * scale))]
-    else:
-        scale = size / max(height, width)
-        target = [max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))]
-    if [height, width] != target:
-        image = F.resize(image, target, antialias=True)
-        if mask is not None:
-            mask = F.resize(mask, target, interpolation=InterpolationMode.NEAREST_EXACT)
+        return [size, size]
     if resize == "crop":
-        image = F.center_crop(image, [size, size])
-        if mask is not None:
-            mask = F.center_crop(mask, [size, size])
+        scale = size / min(height, width)
+        return [max(size, round(height * scale)), max(size, round(width * scale))]
+    scale = size / max(height, width)
+    return [max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))]
+
+
+def _to_square(
+    value: torch.Tensor,
+    target: list[int],
+    size: int,
+    resize: str,
+    fill: int,
+    nearest: bool = False,
+) -> torch.Tensor:
+    """An image, a mask (`nearest`) or boxes scaled to `target`, then cut (crop) or padded with
+    `fill` (pad) to `size x size`."""
+    shape = list(value.canvas_size) if hasattr(value, "canvas_size") else list(value.shape[-2:])
+    if shape != target:
+        if nearest:
+            value = F.resize(value, target, interpolation=InterpolationMode.NEAREST_EXACT)
+        else:
+            value = F.resize(value, target, antialias=True)
+    if resize == "crop":
+        value = F.center_crop(value, [size, size])
     elif resize == "pad":
         pad_h, pad_w = size - target[0], size - target[1]
         padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
         if any(padding):
-            image = F.pad(image, padding, fill=0)
-            if mask is not None:
-                mask = F.pad(mask, padding, fill=ignore_index)
-    return image, mask
+            value = F.pad(value, padding, fill=fill)
+    return value
 
 
 def undo_resize_square(

@@ -5,6 +5,10 @@ JSON values; they are saved in `torso.json` so that a checkpoint rebuilds the sa
 Learner, the Predictor, `torso predict`, the report and export only ever call the methods below,
 so a new task (segmentation, Siamese pairs) is one new module with one class, and no other code
 compares task names.
+
+A task module imports torch, torchmetrics, matplotlib and the models inside the functions that
+use them, never at its top: `torso train --help` imports every task module to list their
+options, and must not wait for torch (`tests/test_cli_startup.py` holds that line).
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torchmetrics import Metric
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import NotExplainableError, TorsoError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 
@@ -116,6 +120,12 @@ class Task:
         (reader, kind of targets, pairs or not, what its folders look like). `torso.data` asks
         only this, never the task's name."""
         raise NotImplementedError(f"{type(self).__name__} must define data_layout()")
+
+    def with_data(self, data: Any) -> Task:
+        """This task with what it keeps of its training data `data` (a
+        `torso.data.DataLoaders`) in its options, which `torso.json` saves: itself by default;
+        detection keeps COCO's category ids to write its predictions with them."""
+        return self
 
     # -- the model ---------------------------------------------------------------------------
     def head_options(self, config: RunConfig) -> dict[str, Any]:

@@ -6,34 +6,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.numbers import fraction
 from torso.tasks.base import ReportParts, Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: The images the report shows with the highest validation losses.
 TOP_LOSSES = 9
 #: The pairs of classes the report lists as most confused.
 MOST_CONFUSED = 10
-#: The per-class scores of the report's table (torchmetrics classes, `average="none"`).
-CLASS_SCORES = {
-    "precision": MulticlassPrecision,
-    "recall": MulticlassRecall,
-    "f1": MulticlassF1Score,
-}
 
 
 LABEL_SMOOTHING = TaskOption(
@@ -51,6 +38,8 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy of logits `(N, K)` against class indices `(N,)`; `(N,)` for
     `reduction="none"`. Shared by classification and Siamese pairs."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(
         outputs.float(), targets.long(), label_smoothing=label_smoothing, reduction=reduction
     )
@@ -109,6 +98,8 @@ class ClassifyTask(Task):
         return cross_entropy(outputs, targets, self.options["label_smoothing"], reduction)
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MulticlassAccuracy
+
         num_classes, _ = output_names(config)
         metrics: dict[str, Metric] = {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
@@ -189,10 +180,7 @@ class ClassifyTask(Task):
                     maps=report_maps(predictor, images, decoded[worst]),
                 )
             )
-        scores = {
-            name: metric(len(classes), average="none")(decoded, targets.long())
-            for name, metric in CLASS_SCORES.items()
-        }
+        scores = class_scores(decoded, targets.long(), len(classes))
         tables = {
             "per class": class_rows(classes, scores, matrix.sum(dim=1)),
             "most confused": most_confused(matrix, classes),
@@ -217,6 +205,28 @@ def report_maps(
         return None
 
 
+def class_scores(
+    predicted: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> dict[str, torch.Tensor]:
+    """Precision, recall and F1 of each class `(K,)` (torchmetrics, 0 where undefined) of
+    predicted class ids `(N,)` against the true ones `(N,)`."""
+    from torchmetrics.classification import (
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
+    metrics = {
+        "precision": MulticlassPrecision,
+        "recall": MulticlassRecall,
+        "f1": MulticlassF1Score,
+    }
+    return {
+        name: metric(num_classes, average="none")(predicted, targets)
+        for name, metric in metrics.items()
+    }
+
+
 def class_rows(
     names: Sequence[str], scores: Mapping[str, torch.Tensor], support: torch.Tensor
 ) -> list[dict[str, Any]]:
@@ -239,7 +249,7 @@ def most_confused(matrix: torch.Tensor, names: Sequence[str]) -> list[dict[str, 
     off = matrix.clone()
     off.fill_diagonal_(0)
     totals = matrix.sum(dim=1)
-    order = torch.argsort(off.flatten(), descending=True, stable=True)[:MOST_CONFUSED]
+    order = off.flatten().argsort(descending=True, stable=True)[:MOST_CONFUSED]
     rows = []
     for flat in order.tolist():
         actual, predicted = divmod(flat, len(names))

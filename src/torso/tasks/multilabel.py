@@ -5,31 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    MultilabelAccuracy,
-    MultilabelF1Score,
-    MultilabelPrecision,
-    MultilabelRecall,
-)
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import ReportParts, Task, TaskOption, output_names
 from torso.tasks.classify import class_activation_maps, class_probabilities, class_rows
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
-
-
-#: The per-label scores of the report's table (torchmetrics classes, `average="none"`).
-LABEL_SCORES = {
-    "precision": MultilabelPrecision,
-    "recall": MultilabelRecall,
-    "f1": MultilabelF1Score,
-}
 
 
 class MultilabelTask(Task):
@@ -70,6 +55,8 @@ class MultilabelTask(Task):
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         losses = F.binary_cross_entropy_with_logits(
             outputs.float(), targets.float(), reduction="none"
         )
@@ -78,6 +65,8 @@ class MultilabelTask(Task):
         return losses.mean() if reduction == "mean" else losses.sum()
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
+
         num_labels, _ = output_names(config)
         threshold = self.options["threshold"]
         return {
@@ -123,6 +112,8 @@ class MultilabelTask(Task):
         """Over the validation set: each label's F1 at the run's threshold (`label_f1.png`),
         the micro F1 over all labels against the threshold (`threshold_f1.png`), and the
         precision, recall and F1 of each label at the threshold (a table)."""
+        import torch
+
         from torso import plots
 
         predictions = predictor.get_preds(loader)
@@ -145,12 +136,7 @@ class MultilabelTask(Task):
                 thresholds, micro, threshold, folder / "threshold_f1.png", label="micro F1"
             ),
         ]
-        scores = {
-            name: metric(len(names), threshold=threshold, average="none")(
-                probabilities, truth.long()
-            )
-            for name, metric in LABEL_SCORES.items()
-        }
+        scores = label_scores(probabilities, truth.long(), threshold)
         table = class_rows(names, scores, truth.sum(dim=0))
         return ReportParts(figures=figures, tables={"per label": table})
 
@@ -159,10 +145,35 @@ class MultilabelTask(Task):
         return self.report_parts(predictor, loader, folder).figures
 
 
+def label_scores(
+    probabilities: torch.Tensor, truth: torch.Tensor, threshold: float
+) -> dict[str, torch.Tensor]:
+    """Precision, recall and F1 of each label `(K,)` (torchmetrics, 0 where undefined) of
+    probabilities `(N, K)` at `threshold` against 0/1 truth `(N, K)`."""
+    from torchmetrics.classification import (
+        MultilabelF1Score,
+        MultilabelPrecision,
+        MultilabelRecall,
+    )
+
+    metrics = {
+        "precision": MultilabelPrecision,
+        "recall": MultilabelRecall,
+        "f1": MultilabelF1Score,
+    }
+    count = probabilities.shape[1]
+    return {
+        name: metric(count, threshold=threshold, average="none")(probabilities, truth)
+        for name, metric in metrics.items()
+    }
+
+
 def f1_scores(predicted: torch.Tensor, truth: torch.Tensor, dim: int | None) -> torch.Tensor:
     """F1 of boolean predictions `(N, K)` against boolean truth `(N, K)`: per label over the
     samples (`dim=0`, NaN for a label neither predicted nor present), or over every entry
     together (micro, `dim=None`; 0 when nothing is predicted or present)."""
+    import torch
+
     sum_ = (lambda t: t.sum(dim=dim)) if dim is not None else (lambda t: t.sum())
     overlap = sum_(predicted & truth).double()
     total = sum_(predicted).double() + sum_(truth).double()

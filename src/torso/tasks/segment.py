@@ -23,23 +23,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-)
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
-from torso.files import unique_stems
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: Validation images the report shows as image | truth | prediction.
@@ -106,6 +98,9 @@ def soft_dice_loss(
     scores: logits `(N, K, H, W)`; targets: class ids `(N, H, W)`. Returns a scalar over the
     whole batch, or `(N,)` with `per_sample`.
     """
+    import torch
+    import torch.nn.functional as F
+
     probabilities = scores.softmax(dim=1)
     valid = (targets != ignore_index).unsqueeze(1)
     truth = F.one_hot(torch.where(valid[:, 0], targets, 0), scores.shape[1]).permute(0, 3, 1, 2)
@@ -116,39 +111,6 @@ def soft_dice_loss(
     total = probabilities.sum(dims) + truth.sum(dims)
     dice = (2 * overlap + DICE_SMOOTHING) / (total + DICE_SMOOTHING)
     return 1 - dice.mean(dim=-1)
-
-
-class ForegroundDice(Metric):
-    """Dice averaged over the classes after the first (the background), over all pixels of
-    all updates together; void pixels (`ignore_index`) left out, and classes absent from both
-    the truth and the prediction (0 when every foreground class is).
-
-    `update(predictions, targets)` takes class ids of the same shape, e.g. `(N, H, W)`.
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int, ignore_index: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        for name in ("overlap", "predicted", "actual"):
-            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        valid = targets != self.ignore_index
-        predicted, actual = predictions[valid].long(), targets[valid].long()
-        count = self.num_classes
-        self.overlap += torch.bincount(actual[predicted == actual], minlength=count)[:count]
-        self.predicted += torch.bincount(predicted, minlength=count)[:count]
-        self.actual += torch.bincount(actual, minlength=count)[:count]
-
-    def compute(self) -> torch.Tensor:
-        total = (self.predicted + self.actual)[1:].double()
-        present = total > 0
-        if not present.any():
-            return torch.tensor(0.0)
-        dice = 2 * self.overlap[1:].double()[present] / total[present]
-        return dice.mean().float()
 
 
 class SegmentTask(Task):
@@ -328,6 +290,8 @@ class SegmentTask(Task):
         `outputs (N, K, H, W)`, `targets (N, H, W)`; `reduction="none"` gives one value per image
         (its own non-void pixels), `"sum"` the sum of those.
         """
+        import torch.nn.functional as F
+
         if outputs.ndim != 4 or targets.shape != outputs.shape[:1] + outputs.shape[2:]:
             raise TorsoError(
                 f"segmentation outputs (N, K, H, W) and masks (N, H, W) do not match: "
@@ -351,6 +315,14 @@ class SegmentTask(Task):
         return losses.sum() if reduction == "sum" else losses
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassF1Score,
+            MulticlassJaccardIndex,
+        )
+
+        from torso.tasks.metrics import ForegroundDice
+
         num_classes, names = output_names(config)
         ignore_index = self.options["ignore_index"]
         common = {"num_classes": num_classes, "ignore_index": ignore_index, "validate_args": False}
@@ -439,10 +411,12 @@ class SegmentTask(Task):
         whose pixel values are the class ids, at the image's own size) and `photo_overlay.png`
         (the image with the classes' colours blended in); and `predictions.csv`: each file, its
         mask and the share of its pixels given to each class. Returns those rows."""
+        import numpy as np
+
         if overlays is not None:
             raise TorsoError("--overlays: a segmentation run writes its overlays into --out")
         from torso.data.decode import read_pil
-        from torso.files import atomic_write
+        from torso.files import atomic_write, unique_stems
         from torso.plots import mask_to_image, overlay_image
 
         if out is None:
@@ -487,6 +461,8 @@ class SegmentTask(Task):
         """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images
         (`segmentation.png`), and for the `SEGMENTATION_SAMPLES` of lowest Dice
         (`image_dice`), lowest first (`worst_dice.png`)."""
+        import torch
+
         from torso import plots
 
         classes = predictor.config.class_names()
@@ -517,6 +493,9 @@ def image_dice(
     """The Dice of each image `(N,)`: 2|P∩T| / (|P| + |T|) of each class, averaged over the
     classes in the image's truth or prediction; void pixels left out, 1 for an image whose
     pixels are all void. predicted, truth: class ids `(N, H, W)`."""
+    import torch
+    import torch.nn.functional as F
+
     valid = (truth != ignore_index).unsqueeze(-1)
     truth_ids = torch.where(valid[..., 0], truth, 0).long()
     guessed = F.one_hot(predicted.long(), num_classes).bool() & valid
@@ -534,6 +513,8 @@ def lowest(
 ) -> tuple[torch.Tensor, ...]:
     """The `count` samples of lowest score among `kept` and `new` (tensors of the same
     length, the score last), lowest first: the report keeps a few images, never all."""
+    import torch
+
     merged = new if kept is None else tuple(torch.cat(pair) for pair in zip(kept, new, strict=True))
     order = torch.argsort(merged[-1], stable=True)[:count]
     return tuple(part[order] for part in merged)
@@ -544,6 +525,9 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     where the model did not see the image: `resize="crop"`'s cut-off sides), "classes": the
     class names, whose positions are the ids, "shares": {class name: share of the pixels}}`
     (shares of the pixels that have a class, rounded to 6 digits)."""
+    import numpy as np
+    import torch
+
     values = mask.to(torch.uint8).numpy()
     counts = np.bincount(values.reshape(-1), minlength=256)[: len(classes)]
     total = max(int(counts.sum()), 1)
@@ -555,6 +539,8 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
 
 def _image_list(images: Any) -> list[Any]:
     """What `prepare_images` takes (one image, a list of them, a batch tensor) as a list."""
+    import torch
+
     from torso.data.prepare import ImageInput
 
     if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -566,6 +552,8 @@ def _image_list(images: Any) -> list[Any]:
 
 def _decoded(image: Any, in_channels: int) -> tuple[Any, tuple[int, int]]:
     """An image to prepare (a file is read once here) and its own `(height, width)`."""
+    import numpy as np
+    import torch
     from PIL import Image
 
     from torso.data.decode import read_image
@@ -586,13 +574,14 @@ def _original_size_mask(
     """Undo `torso.data.transforms.resize_square` on a predicted `(S, S)` mask: the mask of the
     original `height`×`width` image (nearest). Parts of the image the model did not see (cut off
     by `resize="crop"`) get `ignore_index`."""
+    import torch
+
     from torso.data.transforms import undo_resize_square
 
     back = undo_resize_square(mask, height, width, resize, fill=ignore_index, mode="nearest-exact")
     return back.to(torch.uint8)
 
 
-@torch.no_grad()
 def predict_masks(
     predictor: Predictor,
     paths: Sequence[Any],
