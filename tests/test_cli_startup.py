@@ -21,7 +21,17 @@ import pytest
 from torso.cli import COMMANDS
 
 #: Packages that take from tenths of a second to seconds to import.
-HEAVY = ("torch", "torchvision", "timm", "torchmetrics", "matplotlib", "onnx", "onnxruntime")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "timm",
+    "torchmetrics",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+    "starlette",
+    "uvicorn",
+)
 
 PROBE = """
 import json, sys

@@ -26,6 +26,7 @@ COMMANDS = [
     "embed",
     "similar",
     "export",
+    "serve",
 ]
 
 

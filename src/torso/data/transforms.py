@@ -156,6 +156,38 @@ def undo_resize_square(
     return resized[0, 0]
 
 
+def input_region(
+    height: int, width: int, size: int, resize: str = "squish"
+) -> tuple[float, float, float, float]:
+    """Where the `size x size` square that `resize_square` makes of a `height x width` image
+    lies over that image: `(left, top, right, bottom)` in the image's pixels. `squish` covers
+    the whole image; `crop` its centre square, inside it; `pad` a square larger than the image,
+    around it. A position `x` in the square is `left + x * (right - left) / size` in the image."""
+    if resize == "squish":
+        return 0.0, 0.0, float(width), float(height)
+    if resize == "crop":
+        scale = size / min(height, width)
+        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
+        # torchvision's center_crop: the offset rounded to the nearest pixel
+        top, left = (float(int(round((side - size) / 2.0))) for side in scaled)
+    elif resize == "pad":
+        scale = size / max(height, width)
+        scaled = (
+            max(1, min(size, round(height * scale))),
+            max(1, min(size, round(width * scale))),
+        )
+        top, left = (-float((size - side) // 2) for side in scaled)
+    else:
+        raise TorsoError(f"unknown resize mode {resize!r}: give squish, crop or pad")
+    scale_y, scale_x = height / scaled[0], width / scaled[1]
+    return (
+        left * scale_x,
+        top * scale_y,
+        (left + size) * scale_x,
+        (top + size) * scale_y,
+    )
+
+
 def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
     """The random generator of one sample: a function of (seed, epoch, index, stream) only."""
     return np.random.default_rng([int(seed), int(epoch), int(index), int(stream)])

@@ -91,6 +91,9 @@ class Task:
         output_activation: the function that turns them into probabilities (None: none).
         exports_dynamic: whether an export may leave the batch and image size free (False
             when the exported graph is traced for one input shape, as a detector's is).
+        serve_view: how the page of `torso serve` draws one answer: `"classes"` (the top
+            classes and their probabilities), `"labels"`, `"values"`, `"mask"`, `"boxes"`,
+            `"pair"`, or `"record"` (the record's fields as a table).
         purpose: what the model does, for its model card: a `str.format` template of `size`
             ("64x64"), `count` (outputs) and `classes` (their names, comma-separated).
     """
@@ -105,6 +108,7 @@ class Task:
     output_meaning: str = "model outputs"
     output_activation: str | None = None
     exports_dynamic: bool = True
+    serve_view: str = "record"
     purpose: str = "maps each {size} image to {count} outputs"
 
     def __init__(self, **options: Any) -> None:
@@ -218,6 +222,18 @@ class Task:
         augmentation): unchanged for per-image answers; mirrored back for per-pixel ones."""
         return activations
 
+    def serve_records(
+        self, predictor: Predictor, images: Sequence[torch.Tensor], *, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`torso serve`'s answer: one JSON-able record per sample of `images` (decoded uint8
+        tensors `(C, H, W)`, `images_per_sample` per sample), with the fields
+        `predict_records` gives. A task whose records hold arrays, or positions in the
+        prepared image, overrides it (a mask as PNG, boxes in the image's own pixels).
+
+        `predictor` is a `Predictor`, or anything with its `config`, `task` and
+        `activations` (the ONNX runtime of `torso serve --onnx`)."""
+        return self.predict_records(predictor, list(images), batch_size=batch_size)
+
     # -- interpretation ----------------------------------------------------------------------
     def activation_maps(
         self, model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None
@@ -240,6 +256,11 @@ class Task:
         """What an export traces: a module from the input images to one tensor (the model
         itself by default; a detector wraps its decoded detections)."""
         return model
+
+    def export_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The activations from what an exported model gives (the outputs of
+        `export_module`): `activation(outputs)` by default."""
+        return self.activation(outputs)
 
     def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
         """How far an exported model's outputs are from PyTorch's (same shapes): the largest

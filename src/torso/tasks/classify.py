@@ -21,6 +21,13 @@ if TYPE_CHECKING:  # pragma: no cover
 TOP_LOSSES = 9
 #: The pairs of classes the report lists as most confused.
 MOST_CONFUSED = 10
+#: The per-class scores of the report's table (torchmetrics.classification's classes, with
+#: `average="none"`; named, so that torchmetrics is imported only when a report is made).
+CLASS_SCORES = {
+    "precision": "MulticlassPrecision",
+    "recall": "MulticlassRecall",
+    "f1": "MulticlassF1Score",
+}
 
 
 LABEL_SMOOTHING = TaskOption(
@@ -76,6 +83,7 @@ class ClassifyTask(Task):
     cli_options = (LABEL_SMOOTHING,)
     output_meaning = "class scores (logits) (N, K); softmax gives probabilities"
     output_activation = "softmax"
+    serve_view = "classes"
     purpose = "classifies {size} images into one of {count} classes: {classes}"
 
     def __init__(self, label_smoothing: float = 0.0, top_k: int = 5) -> None:
@@ -156,6 +164,8 @@ class ClassifyTask(Task):
         """Over the validation set: the confusion matrix, the top losses with the class
         activation map of each one's predicted class, precision, recall and F1 per class, and
         the most confused pairs of classes."""
+        import torchmetrics.classification
+
         from torso import plots
 
         predictions = predictor.get_preds(loader, with_loss=True)
@@ -180,7 +190,12 @@ class ClassifyTask(Task):
                     maps=report_maps(predictor, images, decoded[worst]),
                 )
             )
-        scores = class_scores(decoded, targets.long(), len(classes))
+        scores = {
+            name: getattr(torchmetrics.classification, metric)(len(classes), average="none")(
+                decoded, targets.long()
+            )
+            for name, metric in CLASS_SCORES.items()
+        }
         tables = {
             "per class": class_rows(classes, scores, matrix.sum(dim=1)),
             "most confused": most_confused(matrix, classes),
@@ -205,28 +220,6 @@ def report_maps(
         return None
 
 
-def class_scores(
-    predicted: torch.Tensor, targets: torch.Tensor, num_classes: int
-) -> dict[str, torch.Tensor]:
-    """Precision, recall and F1 of each class `(K,)` (torchmetrics, 0 where undefined) of
-    predicted class ids `(N,)` against the true ones `(N,)`."""
-    from torchmetrics.classification import (
-        MulticlassF1Score,
-        MulticlassPrecision,
-        MulticlassRecall,
-    )
-
-    metrics = {
-        "precision": MulticlassPrecision,
-        "recall": MulticlassRecall,
-        "f1": MulticlassF1Score,
-    }
-    return {
-        name: metric(num_classes, average="none")(predicted, targets)
-        for name, metric in metrics.items()
-    }
-
-
 def class_rows(
     names: Sequence[str], scores: Mapping[str, torch.Tensor], support: torch.Tensor
 ) -> list[dict[str, Any]]:
@@ -246,10 +239,12 @@ def most_confused(matrix: torch.Tensor, names: Sequence[str]) -> list[dict[str, 
     """The `MOST_CONFUSED` largest counts off the diagonal of a confusion matrix `(K, K)` (row
     actual, column predicted), largest first: `{"actual", "predicted", "images", "share of
     actual"}`."""
+    import torch
+
     off = matrix.clone()
     off.fill_diagonal_(0)
     totals = matrix.sum(dim=1)
-    order = off.flatten().argsort(descending=True, stable=True)[:MOST_CONFUSED]
+    order = torch.argsort(off.flatten(), descending=True, stable=True)[:MOST_CONFUSED]
     rows = []
     for flat in order.tolist():
         actual, predicted = divmod(flat, len(names))

@@ -55,25 +55,12 @@ def to_original(
 ) -> torch.Tensor:
     """Boxes xyxy in pixels of an image prepared by `resize_square(size, resize)` → pixels of
     the original `height` x `width` image (the inverse of squish, crop or pad), clipped to it."""
+    from torso.data.transforms import input_region
+
+    left, top, right, bottom = input_region(height, width, size, resize)
     boxes = boxes.clone().float()
-    if resize == "squish":
-        scale_x, scale_y, left, top = width / size, height / size, 0.0, 0.0
-    elif resize == "crop":
-        scale = size / min(height, width)
-        h, w = max(size, round(height * scale)), max(size, round(width * scale))
-        # torchvision's center_crop: the offset rounded to the nearest pixel
-        left, top = -float(int(round((w - size) / 2.0))), -float(int(round((h - size) / 2.0)))
-        scale_x, scale_y = width / w, height / h
-    elif resize == "pad":
-        scale = size / max(height, width)
-        h = max(1, min(size, round(height * scale)))
-        w = max(1, min(size, round(width * scale)))
-        left, top = float((size - w) // 2), float((size - h) // 2)
-        scale_x, scale_y = width / w, height / h
-    else:
-        raise TorsoError(f"unknown resize mode {resize!r}")
-    boxes[:, 0::2] = ((boxes[:, 0::2] - left) * scale_x).clamp(0, width)
-    boxes[:, 1::2] = ((boxes[:, 1::2] - top) * scale_y).clamp(0, height)
+    boxes[:, 0::2] = (left + boxes[:, 0::2] * ((right - left) / size)).clamp(0, width)
+    boxes[:, 1::2] = (top + boxes[:, 1::2] * ((bottom - top) / size)).clamp(0, height)
     return boxes
 
 
@@ -111,6 +98,7 @@ class DetectTask(Task):
     )
     prediction_options = ("score_threshold",)
     exports_dynamic = False  # post-processing is traced for one batch and image size
+    serve_view = "boxes"
     output_meaning = (
         "detections (N, D, 6): x0, y0, x1, y1 in pixels of the prepared image, score, class "
         "index; padded with score 0 and class -1"
@@ -277,6 +265,28 @@ class DetectTask(Task):
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         raise TorsoError("test-time augmentation is not available for detection")
 
+    def serve_records(
+        self, predictor: Predictor, images: Sequence[torch.Tensor], *, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`describe`'s records, with the boxes in pixels of each image as it was given (the
+        inverse of the run's resize), not of the prepared image."""
+        config = predictor.config
+        activations = predictor.activations(list(images), batch_size=batch_size)
+        classes = config.class_names()
+        records = []
+        for image, rows in zip(images, activations, strict=True):
+            rows = self.kept(rows)
+            height, width = image.shape[-2:]
+            boxes = to_original(rows[:, :4], height, width, config.size[0], config.resize)
+            records.append(
+                {
+                    "boxes": [[round(v, 2) for v in box] for box in boxes.tolist()],
+                    "labels": [classes[int(label)] for label in rows[:, 5].tolist()],
+                    "scores": [round(s, 4) for s in rows[:, 4].tolist()],
+                }
+            )
+        return records
+
     # -- export ------------------------------------------------------------------------------
     def export_module(self, model: nn.Module) -> nn.Module:
         """The detector with its post-processing (score cut, NMS, top-k) and padding: images →
@@ -284,6 +294,10 @@ class DetectTask(Task):
         from torso.models.detection import PaddedDetectionModel
 
         return PaddedDetectionModel(model, DETECTIONS_PER_IMAGE)
+
+    def export_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The exported graph gives `activation`'s rows `(N, D, 6)` itself."""
+        return outputs.float()
 
     def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
         """Per image, each detection scoring at least `EXPORT_CHECK_SCORE` in one output is

@@ -17,6 +17,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from torso.predictor import Predictor
 
 
+#: The per-label scores of the report's table (torchmetrics.classification's classes, with
+#: `average="none"`; named, so that torchmetrics is imported only when a report is made).
+LABEL_SCORES = {
+    "precision": "MultilabelPrecision",
+    "recall": "MultilabelRecall",
+    "f1": "MultilabelF1Score",
+}
+
+
 class MultilabelTask(Task):
     """Binary cross-entropy on logits; accuracy over all labels and F1, at a threshold.
 
@@ -34,6 +43,7 @@ class MultilabelTask(Task):
     )
     output_meaning = "label scores (logits) (N, K); sigmoid gives probabilities"
     output_activation = "sigmoid"
+    serve_view = "labels"
     purpose = (
         "gives each {size} image any number of {count} labels (those whose probability "
         "reaches the threshold): {classes}"
@@ -113,6 +123,7 @@ class MultilabelTask(Task):
         the micro F1 over all labels against the threshold (`threshold_f1.png`), and the
         precision, recall and F1 of each label at the threshold (a table)."""
         import torch
+        import torchmetrics.classification
 
         from torso import plots
 
@@ -136,36 +147,18 @@ class MultilabelTask(Task):
                 thresholds, micro, threshold, folder / "threshold_f1.png", label="micro F1"
             ),
         ]
-        scores = label_scores(probabilities, truth.long(), threshold)
+        scores = {
+            name: getattr(torchmetrics.classification, metric)(
+                len(names), threshold=threshold, average="none"
+            )(probabilities, truth.long())
+            for name, metric in LABEL_SCORES.items()
+        }
         table = class_rows(names, scores, truth.sum(dim=0))
         return ReportParts(figures=figures, tables={"per label": table})
 
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """`report_parts`'s figures."""
         return self.report_parts(predictor, loader, folder).figures
-
-
-def label_scores(
-    probabilities: torch.Tensor, truth: torch.Tensor, threshold: float
-) -> dict[str, torch.Tensor]:
-    """Precision, recall and F1 of each label `(K,)` (torchmetrics, 0 where undefined) of
-    probabilities `(N, K)` at `threshold` against 0/1 truth `(N, K)`."""
-    from torchmetrics.classification import (
-        MultilabelF1Score,
-        MultilabelPrecision,
-        MultilabelRecall,
-    )
-
-    metrics = {
-        "precision": MultilabelPrecision,
-        "recall": MultilabelRecall,
-        "f1": MultilabelF1Score,
-    }
-    count = probabilities.shape[1]
-    return {
-        name: metric(count, threshold=threshold, average="none")(probabilities, truth)
-        for name, metric in metrics.items()
-    }
 
 
 def f1_scores(predicted: torch.Tensor, truth: torch.Tensor, dim: int | None) -> torch.Tensor:

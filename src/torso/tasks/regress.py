@@ -39,6 +39,7 @@ class RegressTask(Task):
         ),
     )
     output_meaning = "values (N, T)"
+    serve_view = "values"
     purpose = "predicts {count} number(s) for each {size} image"
 
     def __init__(self, loss: str = "mse", y_range: tuple[float, float] | None = None) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
+from torso.files import unique_stems
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,6 +167,7 @@ class SegmentTask(Task):
     output_meaning = "class scores (logits) per pixel (N, K, H, W); softmax over K"
     purpose = "assigns each pixel of {size} images one of {count} classes: {classes}"
     output_activation = "softmax"
+    serve_view = "mask"
 
     def __init__(
         self,
@@ -392,6 +394,15 @@ class SegmentTask(Task):
         """Per-pixel probabilities of a mirrored image, mirrored back: `(N, K, H, W)`."""
         return activations.flip(-1)
 
+    def serve_records(
+        self, predictor: Predictor, images: Sequence[torch.Tensor], *, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`predict_records` with each mask as a PNG: `{"mask": {"encoding": "png", "width",
+        "height", "data": base64 of a single-channel 8-bit PNG whose pixel values are the class
+        ids (255 where the model did not see the image)}, "classes": [...], "shares": {...}}`."""
+        records = self.predict_records(predictor, list(images), batch_size=batch_size)
+        return [{**record, "mask": mask_png(record["mask"])} for record in records]
+
     # -- export ------------------------------------------------------------------------------
     def export_details(self, config: RunConfig) -> dict[str, Any]:
         return {"ignore_index": self.options["ignore_index"]}
@@ -416,7 +427,7 @@ class SegmentTask(Task):
         if overlays is not None:
             raise TorsoError("--overlays: a segmentation run writes its overlays into --out")
         from torso.data.decode import read_pil
-        from torso.files import atomic_write, unique_stems
+        from torso.files import atomic_write
         from torso.plots import mask_to_image, overlay_image
 
         if out is None:
@@ -535,6 +546,21 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
         name: round(float(count) / total, 6) for name, count in zip(classes, counts, strict=True)
     }
     return {"mask": values, "classes": list(classes), "shares": shares}
+
+
+def mask_png(mask: Any) -> dict[str, Any]:
+    """A uint8 mask `(H, W)` (numpy) of class ids as JSON: `{"encoding": "png", "width", "height",
+    "data": the base64 text of a single-channel 8-bit PNG whose pixel values are the ids}`."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(buffer, "PNG")
+    height, width = mask.shape
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"encoding": "png", "width": int(width), "height": int(height), "data": data}
 
 
 def _image_list(images: Any) -> list[Any]:

@@ -42,6 +42,7 @@ class SiameseTask(Task):
     output_meaning = "scores (logits) (N, 2) for (different, same); softmax gives probabilities"
     purpose = "tells whether two {size} images show the same class"
     output_activation = "softmax"
+    serve_view = "pair"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0 <= label_smoothing < 1:
