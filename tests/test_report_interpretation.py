@@ -131,3 +131,27 @@ def test_the_report_shows_the_tasks_tables(tmp_path):
     page = write_report(tmp_path, title="t", tables={"per class": rows, "empty": []}).read_text()
     assert "<h2>Per class</h2>" in page and "<h2>Empty</h2>" not in page
     assert '<tr><td class="key">&lt;cat&gt;</td><td>0.5</td><td>3</td></tr>' in page
+
+
+def test_a_regression_run_of_plain_loaders_gets_a_card_too(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import torso
+    from torso.tools.report import write_run_report
+    from torso.train.learner import Learner
+
+    images = torch.rand(16, 3, 32, 32)
+    values = images.mean(dim=(1, 2, 3)).unsqueeze(1)
+    loader = DataLoader(TensorDataset(images, values), batch_size=8)
+    learner = Learner(
+        torso.create_model("test_resnet", 1), loader, loader, task=get_task("regress")
+    )
+    learner.fit_one_cycle(1, 1e-3)
+    write_run_report(learner, tmp_path, title="values")
+    card = (tmp_path / "card.md").read_text()
+    assert "This model predicts 1 number(s) for each 32x32 image." in card
+    assert f"| valid_loss | {learner.history[-1]['valid_loss']:.4f} |" in card
+    assert (
+        "- training images: 16" in card and "- Validated only on the 16 validation images" in card
+    )
+    assert "### Per class" not in card and "Fewest training images" not in card
