@@ -63,17 +63,8 @@ class Predictor:
         images: anything `prepare_images` takes; a task with `images_per_sample = 2` takes the
         images in consecutive pairs (A1, B1, A2, B2, ...) and gives one row per pair.
         """
-        from torso.data.prepare import prepare_images
-
-        if batch_size < 1:
-            raise TorsoError(f"batch_size must be at least 1, got {batch_size}")
-        batch = prepare_images(self.config, images)
+        samples = prepared_samples(self.config, self.task, images, batch_size)
         group = self.task.images_per_sample
-        if len(batch) % group:
-            raise TorsoError(
-                f"a {self.config.task} model takes images {group} at a time; got {len(batch)}"
-            )
-        samples = batch.reshape(len(batch) // group, group, *batch.shape[1:])
         results = []
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size].to(self.device)
@@ -249,6 +240,23 @@ class Predictor:
                 joined = torch.cat(values)
                 results[key] = distributed.gather_in_order(joined) if shared else joined
         return results
+
+
+def prepared_samples(
+    config: RunConfig, task: Task, images: Any, batch_size: int = 32
+) -> torch.Tensor:
+    """`images` prepared as validation prepared them (`torso.data.prepare.prepare_images`), as
+    samples `(S, images_per_sample, C, H, W)`: a pair task's images are taken in consecutive
+    pairs. A bad `batch_size` or an image count that makes no whole samples is a TorsoError."""
+    from torso.data.prepare import prepare_images
+
+    if batch_size < 1:
+        raise TorsoError(f"batch_size must be at least 1, got {batch_size}")
+    batch = prepare_images(config, images)
+    group = task.images_per_sample
+    if len(batch) % group:
+        raise TorsoError(f"a {config.task} model takes images {group} at a time; got {len(batch)}")
+    return batch.reshape(len(batch) // group, group, *batch.shape[1:])
 
 
 #: Device types a model can be moved to and run on, and how to ask whether one is present.

@@ -98,19 +98,11 @@ class OnnxPredictor:
 
     def activations(self, images: Any, *, tta: bool = False, batch_size: int = 32) -> torch.Tensor:
         """The task's activations for `images`, as `Predictor.activations` gives them."""
-        from torso.data.prepare import prepare_images
+        from torso.predictor import prepared_samples
 
         if tta:
             raise TorsoError("test-time augmentation needs the PyTorch model, not ONNX")
-        if batch_size < 1:
-            raise TorsoError(f"batch_size must be at least 1, got {batch_size}")
-        batch = prepare_images(self.config, images)
-        group = self.task.images_per_sample
-        if len(batch) % group:
-            raise TorsoError(
-                f"a {self.config.task} model takes images {group} at a time; got {len(batch)}"
-            )
-        samples = batch.reshape(len(batch) // group, group, *batch.shape[1:]).numpy()
+        samples = prepared_samples(self.config, self.task, images, batch_size).numpy()
         step = self.batch_size_limit or batch_size
         results = []
         for start in range(0, len(samples), step):
