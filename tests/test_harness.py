@@ -110,7 +110,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_speed_table_shows_ratios_targets_and_spread():
-    clock, calls = FakeClock(), []
+    clock = FakeClock()
     durations = iter([1.0, 2.0, 4.0, 2.0])  # torso, plain; plain, torso
 
     def timed(name):
