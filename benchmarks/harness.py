@@ -185,8 +185,8 @@ def header(title: str, contenders: Sequence[Contender] = (), **facts: object) ->
     lines = [
         f"## {title}",
         "",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        f"- torch {torch.__version__}, torch threads: {torch.get_num_threads()}, "
+        f"cores: {os.cpu_count()}, Python {platform.python_version()}",
     ]
     if contenders:
         workers = ", ".join(f"{c.name} {c.workers}" for c in contenders)
