@@ -84,10 +84,7 @@ class Summary:
     high: float
 
     def text(self, digits: int = 2, suffix: str = "x") -> str:
-        return (
-            f"{self.median:.{digits}f}{suffix} "
-            f"({self.low:.{digits}f}-{self.high:.{digits}f})"
-        )
+        return f"{self.median:.{digits}f}{suffix} ({self.low:.{digits}f}-{self.high:.{digits}f})"
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -321,3 +318,34 @@ def publish(args: argparse.Namespace, text: str) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+
+
+def ratio_table(measurement: Measurement, pairs: Sequence[tuple[str, str, float | None]]) -> str:
+    """One row per (numerator, denominator, target): the per-round ratio of their images per
+    second, median (min-max), by wall clock and by CPU time, and whether the median meets the
+    target. Pairs naming a contender that did not run are left out."""
+    rows = []
+    for top, bottom, target in pairs:
+        if top not in measurement.timings or bottom not in measurement.timings:
+            continue
+        wall = summarize(measurement.ratios(top, bottom))
+        cpu = summarize(measurement.ratios(top, bottom, cpu=True))
+        verdict = "-"
+        if target is not None:
+            verdict = f">= {target:.2f}x: " + ("met" if wall.median >= target else "MISSED")
+        rows.append([f"{top} / {bottom}", wall.text(), cpu.text(), verdict])
+    return markdown_table(["ratio", "wall, median (min-max)", "CPU", "target"], rows)
+
+
+def rate_table(measurement: Measurement, extra: dict[str, dict[str, object]] | None = None) -> str:
+    """One row per contender: images per second by wall clock and per CPU second, median
+    (min-max), and any `extra` columns (by contender name)."""
+    extra = extra or {}
+    columns = sorted({key for values in extra.values() for key in values})
+    rows = []
+    for name in measurement.names:
+        wall, cpu = summarize(measurement.rates(name)), summarize(measurement.rates(name, True))
+        more = [extra.get(name, {}).get(column, "-") for column in columns]
+        rows.append([name, wall.text(1, ""), cpu.text(1, ""), *more])
+    header_row = ["contender", "img/s median (min-max)", "img per CPU s", *columns]
+    return markdown_table(header_row, rows)

@@ -30,13 +30,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-
-import harness
-import torso
 from contenders import (
     ImageCounter,
     adamw,
@@ -46,6 +42,10 @@ from contenders import (
     torso_block,
     write_jpegs,
 )
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import torso
 from torso.data import load_data
 from torso.tasks import get_task
 from torso.train.learner import Learner, set_seed
@@ -143,9 +143,7 @@ def setting_b(args, folder: Path) -> str:
     count, width, height = (20, 64, 48) if args.quick else (args.images, 500, 375)
     write_jpegs(folder, count, width, height, CLASSES)
     workers = args.workers
-    dls = load_data(
-        folder, size=size, batch_size=batch, num_workers=workers, augment=False, seed=0
-    )
+    dls = load_data(folder, size=size, batch_size=batch, num_workers=workers, augment=False, seed=0)
     train_paths, valid_paths = list(dls.train_items), set(dls.valid_items)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
 
@@ -194,7 +192,9 @@ def setting_b(args, folder: Path) -> str:
         set_seed(0)
         learner = fastai_learner(fastai_dls, backbone)
         sizes["fastai vision_learner"] = parameters(learner.model)
-        contender = harness.Contender("fastai vision_learner", fastai_block(learner), workers=workers)
+        contender = harness.Contender(
+            "fastai vision_learner", fastai_block(learner), workers=workers
+        )
         contenders.append(contender)
     title = (
         f"(b) input-bound: {backbone}, {size} px, batch {batch}, {len(train_paths)} training "
