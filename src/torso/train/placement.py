@@ -7,8 +7,9 @@ skip connections) it can make the backward convolutions twice as slow. So on a C
 is measured, not assumed: `probe_channels_last` times a few forward + backward passes each way
 on the first training batch and keeps the faster layout, leaving the model, its gradients, its
 buffers and the random state as they were (the choice changes results only by float rounding).
-The decision is remembered for the process, keyed by the model's class, the batch's shapes, the
-device and the thread count, so a second Learner of the same kind does not measure again.
+The decision is remembered for the process, keyed by the model's class and size, the batch's
+shapes, the device and the thread count, so a second Learner of the same kind does not measure
+again.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from torso import distributed
 
 #: Timed passes each way in a probe (interleaved: channels_last, default, channels_last, ...).
 PROBE_PASSES = 2
-#: The clock of a probe (tests replace it).
-PROBE_CLOCK: Callable[[], float] = time.perf_counter
-# (model class, batch shapes, device type, threads) -> channels_last was faster
+#: The clock of a probe: the process's CPU time, which other processes' load disturbs far less
+#: than the wall clock does (tests replace it).
+PROBE_CLOCK: Callable[[], float] = time.process_time
+# (model class, parameter count, batch shapes, device type, threads) -> channels_last faster
 _DECISIONS: dict[tuple, bool] = {}
 
 
@@ -79,7 +81,8 @@ def probe_channels_last(
     of `PROBE_PASSES` forward (`call`) + `loss` + backward passes each way. The model ends in
     the chosen layout, its gradients, buffers and the random state as they were before."""
     x, y = batch
-    key = (type(model).__qualname__, _shapes(x), device.type, torch.get_num_threads())
+    size = sum(parameter.numel() for parameter in model.parameters())
+    key = (type(model).__qualname__, size, _shapes(x), device.type, torch.get_num_threads())
     if key not in _DECISIONS:
         _DECISIONS[key] = _measure(model, device, x, y, call, loss)
     choice = _DECISIONS[key]
