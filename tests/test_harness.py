@@ -143,3 +143,20 @@ def test_markdown_table_aligns_numbers_right():
     table = harness.markdown_table(["name", "value"], [["a", 1.5], ["b", "2.00x"]])
     assert table.splitlines()[1] == "| --- | ---: |"
     assert "| a | 1.50 |" in table
+
+
+def test_a_missing_optional_peer_is_reported_and_skipped(capsys):
+    assert harness.optional("no_such_module_for_torso_benchmarks", "the peer row") is False
+    assert "not installed: the peer row skipped" in capsys.readouterr().out
+    assert harness.optional("json", "json row") is True
+
+
+def test_contenders_select_by_prefix():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    harness.add_arguments(parser)
+    args = parser.parse_args(["--contenders", "torso", "plain"])
+    assert harness.wanted(args, "plain loop, channels_last")
+    assert not harness.wanted(args, "fastai vision_learner")
+    assert harness.wanted(parser.parse_args([]), "fastai vision_learner")
