@@ -97,3 +97,15 @@ def test_accuracy(tmp_path):
 def test_defaults(tmp_path):
     text = run_script("defaults.py", tmp_path / "r.md", "--work", str(tmp_path / "work"))
     assert "fashion-mnist" in rows(text)
+
+
+def test_run_all_runs_scripts_that_exist_with_recipes_that_exist():
+    sys.path.insert(0, str(BENCHMARKS))
+    import defaults
+
+    text = (BENCHMARKS / "run_all.sh").read_text()
+    names = [line.split()[1] for line in text.splitlines() if line.startswith("run ")]
+    scripts = {path.stem for path in BENCHMARKS.glob("*.py")} - {"harness", "contenders"}
+    assert set(names) == scripts  # every benchmark, each once
+    recipes = [part for part in text.split('"')[1::2] if "lr" in part]
+    assert recipes and all(recipe in defaults.ALL_RECIPES for recipe in recipes)
