@@ -4,8 +4,9 @@ Two comparisons, both with `--backbone` (random weights, the same ones everywher
 and batches of `--batch-size`, average pooling, blocks interleaved (benchmarks/harness.py):
 
 * model only: the same in-memory batches. torso's `Embedder` (normalise + timm
-  `forward_features` + mean pooling) against the same steps written by hand, in the default
-  layout and with channels_last.
+  `forward_features` + mean pooling, in the memory format torso's embedding path measures as
+  faster on the first batch) against the same steps written by hand, in the default layout and
+  with channels_last.
 * files to vectors: the same `--images` generated JPEGs. `torso.tools.embed.embed_files` (a
   DataLoader reading and resizing images, rows streamed into a .npy) against a plain loop over a
   DataLoader that opens each file with PIL and resizes it, both with `--workers` loader workers
@@ -36,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from torso.tools.embed import embed_files, list_images, load_embedder
+from torso.train.placement import probe_inference_channels_last
 
 
 class Files(Dataset):
@@ -99,8 +101,16 @@ def main(argv: list[str] | None = None) -> None:
 
         return forward
 
+    # torso's embedding path decides the memory format on its first batch (see embed_files)
+    chosen = probe_inference_channels_last(embedder, torch.device("cpu"), batches[0])
+
+    def torso_forward(batch):
+        if chosen:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return embedder(batch)
+
     contenders = [
-        harness.Contender("torso Embedder", model_block(embedder)),
+        harness.Contender("torso Embedder", model_block(torso_forward)),
         harness.Contender("plain timm", model_block(by_hand(plain, False))),
         harness.Contender("plain timm, channels_last", model_block(by_hand(plain_cl, True))),
     ]
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         reference = by_hand(plain, False)(batches[0])
         model_difference = float((embedder(batches[0]) - reference).abs().max())
     title = f"Embedding speed: {args.backbone}, {args.size} px, batch {args.batch_size}"
-    head = harness.header(title, contenders, rounds=args.rounds)
+    layout = "channels_last" if chosen else "default"
+    head = harness.header(title, contenders, rounds=args.rounds, torso_memory_format=layout)
     print(head)
     model_only = harness.measure(contenders, args.rounds, warmup=args.warmup)
 

@@ -124,3 +124,34 @@ def test_a_probed_learner_trains_as_one_told_the_chosen_layout(monkeypatch, slow
     assert probed.history[-1]["train_loss"] == pytest.approx(
         told.history[-1]["train_loss"], rel=1e-5
     )
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_inference_probe_keeps_the_faster_layout(monkeypatch, slow):
+    model = net().eval()
+    monkeypatch.setattr(placement, "PROBE_CLOCK", RiggedClock(model, slow))
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = model(x)
+    choice = placement.probe_inference_channels_last(model, torch.device("cpu"), x)
+    assert choice is (not slow)
+    weight = model[0].weight
+    layout = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert layout is choice
+    assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_embed_files_uses_the_measured_layout(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from torso.tools.embed import embed_files, load_embedder
+
+    embedder, identity = load_embedder("test_resnet", size=32)
+    monkeypatch.setattr(placement, "PROBE_CLOCK", RiggedClock(embedder, slow=False))
+    files = []
+    for index in range(3):
+        files.append(tmp_path / f"{index}.png")
+        Image.new("RGB", (40, 30), (index * 60, 20, 90)).save(files[-1])
+    result = embed_files(embedder, identity, files, tmp_path / "e.npy", num_workers=0, device="cpu")
+    assert result.count == 3
+    weight = next(p for p in embedder.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()

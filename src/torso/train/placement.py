@@ -9,7 +9,7 @@ on the first training batch and keeps the faster layout, leaving the model, its 
 buffers and the random state as they were (the choice changes results only by float rounding).
 The decision is remembered for the process, keyed by the model's class and size, the batch's
 shapes, the device and the thread count, so a second Learner of the same kind does not measure
-again.
+again. `probe_inference_channels_last` decides the same way for inference (`torso embed`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ PROBE_PASSES = 2
 #: The clock of a probe: the process's CPU time, which other processes' load disturbs far less
 #: than the wall clock does (tests replace it).
 PROBE_CLOCK: Callable[[], float] = time.process_time
-# (model class, parameter count, batch shapes, device type, threads) -> channels_last faster
+# (model class, parameter count, batch shapes, device, threads, "train" or "inference") -> whether
+# channels_last was faster
 _DECISIONS: dict[tuple, bool] = {}
 
 
@@ -81,13 +82,23 @@ def probe_channels_last(
     of `PROBE_PASSES` forward (`call`) + `loss` + backward passes each way. The model ends in
     the chosen layout, its gradients, buffers and the random state as they were before."""
     x, y = batch
-    size = sum(parameter.numel() for parameter in model.parameters())
-    key = (type(model).__qualname__, size, _shapes(x), device.type, torch.get_num_threads())
-    if key not in _DECISIONS:
-        _DECISIONS[key] = _measure(model, device, x, y, call, loss)
-    choice = _DECISIONS[key]
-    model.to(memory_format=torch.channels_last if choice else torch.contiguous_format)
-    return choice
+    target = to_device(y, device, False)
+
+    def train_pass(inputs: Any) -> None:
+        loss(call(inputs), target).backward()
+
+    return _decide(model, device, x, train_pass, "train")
+
+
+def probe_inference_channels_last(model: nn.Module, device: torch.device, x: Any) -> bool:
+    """Whether channels_last runs `model` (in eval mode, no gradients) faster on inputs `x`:
+    as `probe_channels_last`, for inference. The model ends in the chosen layout."""
+
+    def inference_pass(inputs: Any) -> None:
+        with torch.inference_mode():
+            model(inputs)
+
+    return _decide(model, device, x, inference_pass, "inference")
 
 
 def probe_learner_layout(learner: Any, batch: tuple[Any, Any]) -> bool:
@@ -96,11 +107,21 @@ def probe_learner_layout(learner: Any, batch: tuple[Any, Any]) -> bool:
     return probe_channels_last(learner.model, learner.device, batch, call, loss)
 
 
-def _measure(model, device, x, y, call, loss) -> bool:
+def _decide(model: nn.Module, device: torch.device, x: Any, run: Callable, mode: str) -> bool:
+    size = sum(parameter.numel() for parameter in model.parameters())
+    threads = torch.get_num_threads()
+    key = (type(model).__qualname__, size, _shapes(x), device.type, threads, mode)
+    if key not in _DECISIONS:
+        _DECISIONS[key] = _measure(model, device, x, run)
+    choice = _DECISIONS[key]
+    model.to(memory_format=torch.channels_last if choice else torch.contiguous_format)
+    return choice
+
+
+def _measure(model: nn.Module, device: torch.device, x: Any, run: Callable) -> bool:
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     grads = [(parameter, parameter.grad) for parameter in model.parameters()]
     random_state = torch.get_rng_state()
-    target = to_device(y, device, False)
     seconds: dict[bool, list[float]] = {True: [], False: []}
     try:
         for _ in range(PROBE_PASSES):
@@ -110,7 +131,7 @@ def _measure(model, device, x, y, call, loss) -> bool:
                 for parameter, _grad in grads:
                     parameter.grad = None
                 start = PROBE_CLOCK()
-                loss(call(inputs), target).backward()
+                run(inputs)
                 seconds[layout].append(PROBE_CLOCK() - start)
     finally:
         with torch.no_grad():
