@@ -25,9 +25,10 @@ from torso import distributed
 
 #: Timed passes each way in a probe (interleaved: channels_last, default, channels_last, ...).
 PROBE_PASSES = 2
-#: The clock of a probe: the process's CPU time, which other processes' load disturbs far less
-#: than the wall clock does (tests replace it).
-PROBE_CLOCK: Callable[[], float] = time.process_time
+#: The clock of a probe; None: with one torch thread the process's CPU time, which other
+#: processes' load disturbs far less than the wall clock, else the wall clock (CPU time would
+#: not see a layout that keeps fewer threads busy). Tests set their own.
+PROBE_CLOCK: Callable[[], float] | None = None
 # (model class, parameter count, batch shapes, device, threads, "train" or "inference") -> whether
 # channels_last was faster
 _DECISIONS: dict[tuple, bool] = {}
@@ -123,6 +124,9 @@ def _measure(model: nn.Module, device: torch.device, x: Any, run: Callable) -> b
     grads = [(parameter, parameter.grad) for parameter in model.parameters()]
     random_state = torch.get_rng_state()
     seconds: dict[bool, list[float]] = {True: [], False: []}
+    clock = PROBE_CLOCK or (
+        time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    )
     try:
         for _ in range(PROBE_PASSES):
             for layout in (True, False):
@@ -130,9 +134,9 @@ def _measure(model: nn.Module, device: torch.device, x: Any, run: Callable) -> b
                 inputs = to_device(x, device, layout)
                 for parameter, _grad in grads:
                     parameter.grad = None
-                start = PROBE_CLOCK()
+                start = clock()
                 run(inputs)
-                seconds[layout].append(PROBE_CLOCK() - start)
+                seconds[layout].append(clock() - start)
     finally:
         with torch.no_grad():
             for buffer, saved in buffers:
