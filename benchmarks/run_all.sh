@@ -6,7 +6,7 @@
 #   benchmarks/run_all.sh [OUT_DIR]          # default OUT_DIR: benchmarks/results
 #   PYTHON=/path/to/python benchmarks/run_all.sh
 #
-# About 14 minutes on a quiet 2-core CPU. The fastai and smp rows need the `bench` extra
+# An estimated 14 minutes on a quiet 2-core CPU (it prints each benchmark's time). The fastai and smp rows need the `bench` extra
 # (`pip install -e '.[bench]'`); without it those rows are skipped and the tables say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
