@@ -6,7 +6,7 @@
 #   benchmarks/run_all.sh [OUT_DIR]          # default OUT_DIR: benchmarks/results
 #   PYTHON=/path/to/python benchmarks/run_all.sh
 #
-# An estimated 14 minutes on a quiet 2-core CPU (it prints each benchmark's time). The fastai and smp rows need the `bench` extra
+# An estimated 15 minutes on a quiet 2-core CPU (it prints each benchmark's time). The fastai and smp rows need the `bench` extra
 # (`pip install -e '.[bench]'`); without it those rows are skipped and the tables say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,7 @@ run embed_speed                       # resnet18 128 px, model only and files to
 run presize_cache                     # 300 JPEGs 500x375, 2 workers
 run detect --pretrained               # FCOS on lite0, nuclei tiles, 1 + 8 epochs
 run accuracy --threads 2              # the fine-tuning recipe against fastai, one round
+run startup --rounds 3                # import and --help times, a 10-image prediction
 run defaults --sets digits --epochs 4 \
     --recipes "old: lr 2e-3, flip, crop 0.75" "lr 1e-2, flip, no crop" "lr 1e-2, no flip, no crop"
 echo "total: ${SECONDS} s; tables in $OUT"

@@ -1,13 +1,13 @@
 """Build torso's embedded demo data from packages that ship it (run once; output is committed).
 
 - Fashion-MNIST (MIT, Zalando SE) from Debian's `dataset-fashion-mnist`
-  (/usr/share/datasets/fashion-mnist): the first 300 training and the first 100 test images of
-  each of the 10 classes → src/torso/assets/fashion_mnist.npz (3,000 train / 1,000 valid).
+  (/usr/share/datasets/fashion-mnist): the first 1,000 training and the first 100 test images
+  of each of the 10 classes → src/torso/assets/fashion_mnist.npz (10,000 train / 1,000 valid).
 - The 2018 Data Science Bowl nuclei image shipped in the stardist wheel (BSD-3):
   `stardist/data/images/img2d.tif` and `mask2d.tif` (512×512, 125 labelled nuclei) →
   src/torso/assets/nuclei.npz (image uint8, mask 0 = background, 1 = nucleus).
 
-Usage: python scripts/make_demo_data.py FASHION_DIR STARDIST_WHEEL
+Usage: python scripts/make_demo_data.py FASHION_DIR [STARDIST_WHEEL]  (the wheel: nuclei too)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "torso" / "assets"
-PER_CLASS = {"train": 300, "valid": 100}
+PER_CLASS = {"train": 1000, "valid": 100}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -75,4 +75,5 @@ def nuclei(wheel: Path) -> None:
 
 if __name__ == "__main__":
     fashion(Path(sys.argv[1]))
-    nuclei(Path(sys.argv[2]))
+    if len(sys.argv) > 2:
+        nuclei(Path(sys.argv[2]))

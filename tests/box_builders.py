@@ -45,7 +45,14 @@ def shapes(
     return records
 
 
-def write_coco(root: Path, records: list[dict], images_folder: str = "images") -> Path:
+def write_coco(
+    root: Path,
+    records: list[dict],
+    images_folder: str = "images",
+    category_ids: tuple[int, ...] = (1, 2),
+) -> Path:
+    """COCO annotations of `records`; `category_ids[label]` is the category id of each class of
+    `CLASSES`."""
     (root / images_folder).mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -60,13 +67,13 @@ def write_coco(root: Path, records: list[dict], images_folder: str = "images") -
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": label + 1,
+                    "category_id": category_ids[label],
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "area": (x1 - x0) * (y1 - y0),
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
+    categories = [{"id": i, "name": name} for i, name in zip(category_ids, CLASSES, strict=True)]
     document = {"images": images, "annotations": annotations, "categories": categories}
     path = root / "annotations" / "instances.json"
     path.write_text(json.dumps(document))

@@ -99,6 +99,12 @@ def test_defaults(tmp_path):
     assert "fashion-mnist" in rows(text)
 
 
+def test_startup(tmp_path):
+    text = run_script("startup.py", tmp_path / "s.md")
+    assert {"python -c pass", "import torso", "torso predict (2 images)"} <= set(rows(text))
+    assert "imports" in rows(text)
+
+
 def test_run_all_runs_scripts_that_exist_with_recipes_that_exist():
     sys.path.insert(0, str(BENCHMARKS))
     import defaults

@@ -229,3 +229,19 @@ def test_bad_arguments_name_the_argument(folders):
             load_data(folders, num_workers=0, **kwargs)
     with pytest.raises(TorsoError, match="not found"):
         load_data(folders / "nowhere")
+
+
+def test_no_workers_by_default_when_the_cache_holds_the_final_images(folders, monkeypatch):
+    from torso.data import loaders
+
+    monkeypatch.setattr(loaders, "default_workers", lambda: 2)
+    final = load_data(folders, size=24, batch_size=4, augment=False)
+    assert final.train.num_workers == 0 and final.valid.num_workers == 0
+    augmented = load_data(folders, size=24, batch_size=4)
+    assert augmented.train.num_workers == 2  # the augmentation runs in the workers
+    uncached = load_data(folders, size=24, batch_size=4, augment=False, cache=False)
+    assert uncached.train.num_workers == 2  # every epoch decodes the files
+    asked = load_data(folders, size=24, batch_size=4, augment=False, num_workers=1)
+    assert asked.train.num_workers == 1
+    # Without workers the batches are the ones workers would give.
+    assert _same(_batches(final.train), _batches(asked.train))

@@ -20,7 +20,7 @@ from torso.data.demo import (
 
 def test_fashion_mnist_folders_are_class_balanced(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm")
-    for split, per_class in (("train", 300), ("valid", 100)):
+    for split, per_class in (("train", 1000), ("valid", 100)):
         counts = {c: len(list((root / split / c).glob("*.png"))) for c in FASHION_CLASSES}
         assert set(counts.values()) == {per_class}, counts
     sample = Image.open(next((root / "valid" / "trouser").glob("*.png")))

@@ -45,6 +45,9 @@ def test_train_detect_and_predict_coco_results(trained, tmp_path):
     data, run, last = trained
     assert float(last["map_50"]) >= MAP_50_AT_LEAST
     assert (run / "detections.png").is_file()
+    card = (run / "card.md").read_text()
+    assert "finds objects of 2 classes in 64x64 images, each as a box" in card
+    assert f"| map_50 | {float(last['map_50']):.4f} |" in card
 
     # the validation images, as the run split them, predicted from their files
     source = read_boxes(data)
@@ -196,3 +199,44 @@ def test_overlays_are_refused_by_a_task_that_draws_none(tmp_path):
 
     with pytest.raises(TorsoError, match="--overlays: the classify task draws no overlays"):
         get_task("classify").predict_files(None, [], None, overlays=tmp_path)
+
+
+def test_predictions_of_a_coco_run_carry_cocos_own_category_ids(tmp_path):
+    """Trained on COCO annotations whose category ids are 7 (blue) and 3 (red), a run keeps
+    those ids in torso.json and `torso predict` writes them, each with its own class name, so
+    the results match the original annotations' categories. (A run trained on YOLO data writes
+    class indices: `test_train_detect_and_predict_coco_results` scores them as such.)"""
+    from box_builders import write_coco
+
+    from torso import load
+
+    data, run = tmp_path / "coco", tmp_path / "run"
+    annotations = write_coco(data, shapes(12, seed=4), category_ids=(7, 3))
+    arguments = ["train", str(data), "--task", "detect", "--backbone", "test_resnet"]
+    arguments += ["--size", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
+    arguments += ["--pyramid-channels", "64", "--no-augment", "--quiet", "--out", str(run)]
+    assert main(arguments) == 0
+    saved = json.loads((run / "torso.json").read_text())
+    assert saved["classes"] == ["red", "blue"]  # COCO's categories in the order of their ids
+    assert saved["task_options"]["category_ids"] == [3, 7]
+    assert load(run).task.options["category_ids"] == [3, 7]
+
+    out = tmp_path / "preds.json"
+    images = data / "images"
+    command = ["predict", str(run), str(images), "--out", str(out)]
+    assert main([*command, "--task-option", "score_threshold=0"]) == 0
+    results = json.loads(out.read_text())
+    assert results  # an untrained detector's boxes: the model keeps those scoring over 0.05
+    names = {c["id"]: c["name"] for c in json.loads(annotations.read_text())["categories"]}
+    assert {r["category_id"] for r in results} <= {3, 7}
+    for record in results:
+        assert names[record["category_id"]] == record["category"]
+
+
+def test_detection_category_ids_are_checked():
+    from torso.tasks import get_task
+
+    for wrong in ([1, 1], ["a", "b"], [1.5, 2], "12"):
+        with pytest.raises(TorsoError, match="category_ids"):
+            get_task("detect", category_ids=wrong)
+    assert get_task("detect", category_ids=(3, 7)).options["category_ids"] == [3, 7]

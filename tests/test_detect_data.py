@@ -165,3 +165,31 @@ def test_boxes_a_hair_outside_their_image_are_clipped(tmp_path):
     assert source.problems == []
     box = next(i for i in source.items if i.path.name == "img001.png").target.boxes[0]
     assert box[2] == 1.0 and box[3] == 1.0
+
+
+@pytest.mark.parametrize("resize", ["squish", "crop", "pad"])
+def test_the_presize_cache_keeps_boxes_with_their_images(tmp_path, resize):
+    """With the cache, epochs after the first read the presized images from it and move the
+    boxes from the image's original size again; the random crop and flip then act on both:
+    the same images and boxes (to 1 px) as decoding every epoch, for the same seed and epoch."""
+    from torso.data.transforms import Augmentation
+
+    write_coco(tmp_path, shapes(10, width=72, height=40, seed=5))
+    options = {"task": BoxTask(), "size": 32, "batch_size": 4, "valid_pct": 0.3, "seed": 2}
+    options.update(resize=resize, augment=Augmentation(min_scale=0.6), num_workers=0)
+    cached = load_data(tmp_path, cache=True, **options)
+    plain = load_data(tmp_path, cache=False, **options)
+    assert plain.cache_bytes == 0 and len(cached.caches) == 2
+    for epoch in range(3):  # epoch 0 fills the cache, the others read it
+        cached.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for loaders in ((cached.train, plain.train), (cached.valid, plain.valid)):
+            for (images, targets), (expected_images, expected) in zip(*loaders, strict=True):
+                assert torch.equal(images, expected_images)
+                for target, truth in zip(targets, expected, strict=True):
+                    assert target["labels"].tolist() == truth["labels"].tolist()
+                    torch.testing.assert_close(target["boxes"], truth["boxes"], atol=1, rtol=0)
+        if epoch == 0:
+            filled = [cache.filled for cache in cached.caches]
+            assert filled == [4, 3]  # one batch of the 7 training images (drop_last), 3 valid
+    assert cached.caches[1].original_size(0) == (40, 72)

@@ -3,9 +3,17 @@ and what it shows is true: each example has a check below of the values its comm
 
 Examples that need what a test cannot give (several processes, downloaded weights) are fenced as
 ```py instead, and are checked by the tests of their feature.
+
+Every ```bash example that calls `curl` runs too, as written, against a real `torso serve`
+server on a free port of 127.0.0.1 (the example's `127.0.0.1:8000` is replaced by that
+address), in a folder laid out as `torso demo` leaves it: `runs/demo-classify/` (a small model
+with random weights and the demo's classes and input size) and the demo's image files.
 """
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +23,11 @@ from PIL import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+CURL_BLOCKS = [
+    block
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    if "curl " in block
+]
 
 
 @pytest.fixture
@@ -95,6 +108,19 @@ def check_detection(ns):
     assert found["labels"].lt(2).all()
 
 
+def check_interpretation(ns):
+    maps = ns["maps"]
+    assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
+    assert set(maps.amax(dim=(1, 2)).tolist()) <= {0.0, 1.0} and maps.min() >= 0
+    assert ns["reds"].shape == (1, 32, 32)
+    card = Path("runs/photos/card.md").read_text()
+    assert "classifies 32x32 images into one of 2 classes: green, red" in card
+    assert 'torso.load("runs/photos")' in card and "### Per class" in card
+    assert "<h2>Per class</h2>" in Path("runs/photos/report.html").read_text()
+    assert Path("cams/0_cam.png").stat().st_size > 100
+    assert '"overlay": "0_cam.png"' in Path("cams/interpret.json").read_text()
+
+
 # The first line of code an example starts with (after its imports) -> its check.
 CHECKS = {
     'body = torso.create_body("resnet34")': check_bodies,
@@ -104,6 +130,7 @@ CHECKS = {
     'dls = load_data("photos/", task="classify", size=224, batch_size=64)': check_data,
     'model = create_siamese_model("resnet34", num_outputs=2)': check_siamese,
     'detector = create_detection_model("resnet18", num_classes=2)': check_detection,
+    "maps = predictor.explain(": check_interpretation,
 }
 
 
@@ -120,3 +147,50 @@ def test_readme_python_example_runs_and_shows_what_is_true(index, photos_folder)
     exec(compile(BLOCKS[index], f"README.md python example {index + 1}", "exec"), namespace)
     with torch.no_grad():
         check(namespace)
+
+
+# -- curl examples against `torso serve` ---------------------------------------------------------
+DEMO_IMAGE = "runs/demo-data/fashion-mnist/valid/ankle-boot/valid-00000.png"
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    from serve_helpers import fashion_image, running_server, saved_run
+
+    import torso
+    from torso.data.demo import FASHION_CLASSES
+    from torso.tools.serve import ServedModel, create_app
+
+    folder = tmp_path_factory.mktemp("readme-serve")
+    run = saved_run(folder / "runs" / "demo-classify", "classify", FASHION_CLASSES, 64)
+    image = folder / DEMO_IMAGE
+    image.parent.mkdir(parents=True)
+    _, label = fashion_image(image, 0)
+    assert label == "ankle-boot"  # where `torso demo` writes it
+    with running_server(create_app(ServedModel(run))) as url:
+        yield folder, url, torso.load(run).predict([image])[0]
+
+
+def test_readme_has_curl_examples():
+    assert len(CURL_BLOCKS) >= 2 and all(DEMO_IMAGE in block for block in CURL_BLOCKS)
+
+
+@pytest.mark.parametrize("index", range(len(CURL_BLOCKS)))
+def test_readme_curl_example_gets_the_predictors_answer(index, demo_server):
+    assert shutil.which("curl"), "the README's curl examples need curl: apt-get install curl"
+    folder, url, expected = demo_server
+    block = CURL_BLOCKS[index]
+    assert "http://127.0.0.1:8000/" in block
+    script = "set -euo pipefail\n" + block.replace("http://127.0.0.1:8000", url)
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=folder, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)["predictions"]
+    assert record["prediction"] == expected["prediction"]
+    assert abs(record["probability"] - expected["probability"]) < 1e-5
+    assert {key for key in record if key.startswith("p_")} == {
+        key for key in expected if key.startswith("p_")
+    }
+    if "explain=1" in block:
+        assert record["heatmap"]["encoding"] == "png" and record["heatmap"]["width"] == 64

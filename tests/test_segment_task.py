@@ -303,6 +303,10 @@ def test_shapes_reach_mean_iou_of_0_8(shapes_run):
     overlays = (out / "segmentation.png").read_bytes()
     assert base64.b64encode(overlays).decode() in (out / "report.html").read_text()
     assert json.loads((out / "torso.json").read_text())["classes"] == CODES
+    assert (out / "worst_dice.png").is_file()  # the validation images of lowest Dice
+    card = (out / "card.md").read_text()
+    assert f"assigns each pixel of 40x40 images one of 3 classes: {', '.join(CODES)}" in card
+    assert f"| mean_iou | {float(rows[-1]['mean_iou']):.4f} |" in card
 
 
 def test_predict_writes_masks_at_each_images_size_overlays_and_shares(shapes_run, tmp_path):

@@ -194,3 +194,6 @@ def test_torso_train_task_siamese_writes_a_loadable_pair_model(tmp_path):
     assert config.task == "siamese" and config.classes == ("different", "same")
     same, probability = predict_pair(predictor, data / "red" / "0.png", data / "red" / "1.png")
     assert isinstance(same, bool) and 0.5 <= probability <= 1.0
+    card = (out / "card.md").read_text()
+    assert "This model tells whether two 32x32 images show the same class." in card
+    assert "- training pairs: " in card and "--pair a.jpg b.jpg" in card

@@ -127,6 +127,7 @@ def test_a_toy_task_trains_predicts_and_reports_from_the_command_line(tmp_path, 
     report = (run / "report.html").read_text()
     assert (run / "brightness.png").stat().st_size > 1000  # its own figure, in the report
     assert "<figcaption>brightness</figcaption>" in report
+    assert "This model maps each 24x24 image to 1 outputs." in (run / "card.md").read_text()
 
     predictions = tmp_path / "predictions.csv"
     assert main(["predict", str(run), str(data / "0.8"), "--out", str(predictions)]) == 0

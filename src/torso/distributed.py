@@ -13,7 +13,8 @@ rest of torso a few plain answers and operations:
   the validation share drops nothing and repeats nothing, so a metric gathered over the shares
   counts every validation image exactly once;
 * `sum_across`, `broadcast_from_main`, `gather_tensors`, `gather_in_order`,
-  `broadcast_buffers`, `measured_together` for the Learner and the Predictor;
+  `gather_objects_in_order`, `broadcast_buffers`, `measured_together` for the Learner and the
+  Predictor;
 * `cleanup()` destroys the group on exit, `abort()` on an error, and `failure_guard()` turns a
   peer that died or stopped answering (a collective that timed out after `timeout` seconds) into
   a `PeerFailure` naming this process, so no process waits forever. A broken group is known by
@@ -324,6 +325,22 @@ def gather_in_order(share: torch.Tensor) -> torch.Tensor:
     positions = torch.cat([torch.arange(r, len(gathered), count) for r in range(count)])
     ordered = torch.empty_like(gathered)
     ordered[positions.to(gathered.device)] = gathered
+    return ordered
+
+
+def gather_objects_in_order(share: list[Any]) -> list[Any]:
+    """`gather_in_order` for per-sample objects that are not rows of one tensor (a detection
+    target: a dict of a variable number of boxes and labels): this process's `share` in, every
+    process's items out, in the order of the sampler they were dealt from, in every process.
+    Each item is pickled whole (`all_gather_object`); tensors in it should be on the CPU."""
+    if not is_distributed():
+        return list(share)
+    pieces: list[Any] = [None] * world_size()
+    with collective():
+        dist.all_gather_object(pieces, list(share))
+    ordered: list[Any] = [None] * sum(len(piece) for piece in pieces)
+    for position, piece in enumerate(pieces):
+        ordered[position :: world_size()] = piece
     return ordered
 
 

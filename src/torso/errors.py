@@ -17,3 +17,10 @@ class UnknownBackboneError(TorsoError, ValueError):
 
 class WeightsUnavailableError(TorsoError):
     """Pretrained weights that cannot be found locally or fetched."""
+
+
+class NotExplainableError(TorsoError):
+    """`Predictor.explain` or `torso interpret` asked of a model whose task has no class
+    activation map (its answer is not one class score per image)."""
+
+    exit_code = 1

@@ -13,15 +13,27 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensor_bytes
-from safetensors.torch import save as save_tensor_bytes
+from typing import TYPE_CHECKING, Any
 
 from torso.errors import TorsoError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def unique_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """File stems for the outputs written per input file, made unique when two inputs share
+    one (`a/x.png`, `b/x.png` → `x`, `x-2`)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        stems.append(stem if count == 0 else f"{stem}-{count + 1}")
+    return stems
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -70,6 +82,8 @@ def _megabytes(count: int) -> str:
 # -- safetensors ----------------------------------------------------------------------------
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None) -> bytes:
     """Tensors (copied to CPU, contiguous, unshared) plus optional JSON `info`, as safetensors."""
+    from safetensors.torch import save as save_tensor_bytes
+
     plain = {name: value.detach().to("cpu").contiguous().clone() for name, value in tensors.items()}
     metadata = {"torso": json.dumps(info)} if info is not None else None
     return save_tensor_bytes(plain, metadata=metadata)
@@ -89,6 +103,9 @@ def read_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def parse_tensor_bytes(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and JSON info from safetensors bytes; `name` is used in error messages."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensor_bytes
+
     damaged = f"'{name}' is damaged or truncated (not a complete safetensors file)"
     if len(data) < 8:
         raise TorsoError(damaged)

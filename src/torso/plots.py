@@ -45,6 +45,9 @@ _BOOKKEEPING_KEYS = frozenset({"epoch", "step", "time", "seconds", "elapsed", "l
 
 #: Weight of the class colour in an overlay pixel (the rest is the image's grey level).
 OVERLAY_ALPHA = 0.6
+#: How much of a heat map shows over its image, and matplotlib's colour map for it.
+HEATMAP_ALPHA = 0.5
+HEATMAP_COLOURS = "jet"
 _MAX_LABEL_CHARS = 24
 
 
@@ -113,6 +116,7 @@ def plot_losses(
     *,
     frozen_epochs: Collection[int] = (),
     best_epoch: int | None = None,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Loss curves (train and valid) and one panel per metric, over the epochs of `history`.
 
@@ -313,16 +317,19 @@ def plot_top_losses(
     probabilities: Any,
     class_names: Sequence[str],
     path: str | os.PathLike,
+    maps: Any = None,
 ) -> Path:
     """The images a model got most wrong, each titled "predicted/actual / loss / probability".
 
     `images` is float `(N, C, H, W)` in `[0, 1]` with `C` 1 or 3; `actual` and `predicted` hold
     `N` class ids; `losses` `N` values; `probabilities` either `N` values (the probability of the
     predicted class) or `(N, K)` class probabilities, from which the predicted class's is taken.
-    The images are shown in decreasing order of loss; titles of wrong predictions are red.
-    Returns the PNG's path.
+    `maps`, when given: `(N, H, W)` in [0, 1], each image's class activation map, drawn over
+    it (`heatmap_overlay`). The images are shown in decreasing order of loss; titles of wrong
+    predictions are red. Returns the PNG's path.
     """
     pictures = _images(images, "images")
+    heat = None if maps is None else _maps(maps, pictures.shape)
     count = len(pictures)
     names = _names(class_names)
     actual_ids = _class_ids(actual, "actual", len(names), allow_void=False)
@@ -360,7 +367,11 @@ def plot_top_losses(
         )
         for slot, index in enumerate(order):
             axes = figure.add_subplot(rows, columns, slot + 1)
-            _show_image(axes, pictures[index])
+            if heat is None:
+                _show_image(axes, pictures[index])
+            else:
+                axes.imshow(heatmap_overlay(_rgb(pictures[index]), heat[index], HEATMAP_ALPHA))
+                axes.set_axis_off()
             right = actual_ids[index] == predicted_ids[index]
             axes.set_title(
                 f"{_label(names[predicted_ids[index]], 14)}/{_label(names[actual_ids[index]], 14)}"
@@ -368,7 +379,8 @@ def plot_top_losses(
                 fontsize=9,
                 color="black" if right else "tab:red",
             )
-        figure.suptitle("top losses: predicted/actual / loss / probability")
+        title = "top losses: predicted/actual / loss / probability"
+        figure.suptitle(title + (" (heat: what drove the prediction)" if heat is not None else ""))
         return _save(figure, path)
 
 
@@ -378,6 +390,7 @@ def plot_segmentation(
     predictions: Any,
     class_names: Sequence[str],
     path: str | os.PathLike,
+    notes: Sequence[str] | None = None,
 ) -> Path:
     """Image | truth | prediction side by side, one row per image, masks as colour overlays.
 
@@ -385,7 +398,8 @@ def plot_segmentation(
     `(N, H, W)` (or `(N, 1, H, W)`) class ids in `[0, K)` with `K = len(class_names)`, or `VOID`
     (255) in the truths for pixels without a class, left transparent. Colours come from
     `palette(K)`; the legend lists the classes that appear. Each prediction's title gives its
-    pixel accuracy over non-void pixels. Returns the PNG's path.
+    pixel accuracy over non-void pixels, and `notes[i]` when given (e.g. "Dice 0.42"). Returns
+    the PNG's path.
     """
     pictures = _images(images, "images")
     names = _names(class_names)
@@ -401,6 +415,8 @@ def plot_segmentation(
                 f"got {tuple(ids.shape)}"
             )
         masks[name] = ids
+    if notes is not None and len(notes) != count:
+        raise TorsoError(f"notes has {len(notes)} entries but there are {count} images")
     colours = palette(len(names))
     present = sorted(
         int(value) for value in np.unique(np.concatenate([m.ravel() for m in masks.values()]))
@@ -417,10 +433,11 @@ def plot_segmentation(
             truth, prediction = masks["truths"][row], masks["predictions"][row]
             valid = truth != VOID
             accuracy = (prediction[valid] == truth[valid]).mean() if valid.any() else float("nan")
+            measure = f"pixel acc {accuracy:.1%}" + (f", {notes[row]}" if notes else "")
             panels = (
                 (picture, "image"),
                 (overlay(picture, truth, colours), "truth"),
-                (overlay(picture, prediction, colours), f"prediction (pixel acc {accuracy:.1%})"),
+                (overlay(picture, prediction, colours), f"prediction ({measure})"),
             )
             for axes, (shown, title) in zip(grid[row], panels, strict=True):
                 axes.imshow(shown, interpolation="nearest")
@@ -606,6 +623,7 @@ def write_report(
     settings: Mapping[str, Any] | None = None,
     frozen_epochs: Collection[int] = (),
     best_epoch: int | None = None,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Write `run_dir/report.html`: one self-contained page about a run, and return its path.
 
@@ -613,7 +631,8 @@ def write_report(
     run's `settings` (what was trained how, on what, when and where: name → value), a table of
     the final `metrics`, a table of the `history` (one row per epoch, one column per key; with
     `frozen_epochs` or `best_epoch`, a last column notes "head only" and "best" for the rows
-    whose `epoch` is one of them, and the best row is bold), every image
+    whose `epoch` is one of them, and the best row is bold), each of `tables` (title → rows,
+    one dict column → value a row: a task's per-class scores), every image
     of `images` (PNG, JPEG or GIF files, embedded as base64 data URIs and captioned by file name),
     the model summary `summary_text` as pre-formatted text, and the run `config` as JSON. Styles
     are inline and a Content-Security-Policy forbids fetching anything, so the file can be mailed
@@ -664,6 +683,10 @@ def write_report(
         for key, value in metrics.items():
             parts.append(f'<tr><td class="key">{_escape(key)}</td><td>{_cell(value)}</td></tr>')
         parts.append("</table>")
+    for caption, rows in (tables or {}).items():
+        if rows:
+            parts.append(f"<h2>{_escape(caption[:1].upper() + caption[1:])}</h2>")
+            parts.append(_table(rows))
     if history:
         columns: list[str] = []
         for entry in history:
@@ -774,6 +797,16 @@ def _images(value: Any, name: str) -> np.ndarray:
     return np.clip(pictures, 0, 1)
 
 
+def _maps(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Heat maps `(N, H, W)` in [0, 1] for the images of `shape` `(N, C, H, W)`."""
+    maps = np.clip(_array(value, "maps").astype(np.float32), 0, 1)
+    if maps.shape != (shape[0], *shape[2:]):
+        raise TorsoError(
+            f"maps must have shape (N, H, W) = {(shape[0], *shape[2:])}, got {tuple(maps.shape)}"
+        )
+    return maps
+
+
 def _class_ids(value: Any, name: str, num_classes: int, allow_void: bool = True) -> np.ndarray:
     ids = _array(value, name)
     if not np.issubdtype(ids.dtype, np.integer):
@@ -848,6 +881,51 @@ def overlay_image(image: Image.Image, mask: np.ndarray, num_classes: int) -> Ima
     picture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     blended = overlay(picture, np.asarray(mask), palette(num_classes))
     return Image.fromarray(np.clip(np.round(blended * 255), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def heatmap_overlay(picture: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend a heat map onto an image: picture float `(H, W, 3)` in [0, 1], heat `(H, W)` in
+    [0, 1]; returns float `(H, W, 3)` in [0, 1]."""
+    colours = matplotlib.colormaps[HEATMAP_COLOURS](heat)[..., :3].astype(np.float32)
+    return (1 - alpha) * picture + alpha * colours
+
+
+def heatmap_image(image: Image.Image, heat: Any, alpha: float = HEATMAP_ALPHA) -> Image.Image:
+    """A PIL image with a heat map (a class activation map) drawn over it.
+
+    heat: `(H, W)` in [0, 1] at the image's size; each value becomes its `HEATMAP_COLOURS`
+    colour (blue for 0, red for 1), blended over the image with weight `alpha` in [0, 1].
+    """
+    if not 0 <= alpha <= 1:
+        raise TorsoError(f"alpha must be between 0 and 1, got {alpha}")
+    values = np.clip(_array(heat, "heat", ndim=2).astype(np.float32), 0, 1)
+    if values.shape != (image.height, image.width):
+        raise TorsoError(
+            f"heat map is {values.shape[1]}x{values.shape[0]} but its image is "
+            f"{image.width}x{image.height}"
+        )
+    picture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    blended = heatmap_overlay(picture, values, alpha)
+    return Image.fromarray(np.clip(np.round(blended * 255), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """An HTML table of `rows` (dicts column → value); the first column is left-aligned."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(str(key) for key in row if str(key) not in columns)
+    kinds = [' class="key"'] + [""] * (len(columns) - 1)
+    head = "".join(f"<th{kind}>{_escape(c)}</th>" for kind, c in zip(kinds, columns, strict=True))
+    lines = [f'<div class="scroll"><table><tr>{head}</tr>']
+    for row in rows:
+        by_name = {str(key): value for key, value in row.items()}
+        cells = "".join(
+            f"<td{kind}>{_cell(by_name.get(c))}</td>"
+            for kind, c in zip(kinds, columns, strict=True)
+        )
+        lines.append(f"<tr>{cells}</tr>")
+    lines.append("</table></div>")
+    return "\n".join(lines)
 
 
 def _escape(text: Any) -> str:

@@ -13,7 +13,7 @@ gathered back in order, as the Learner does; a Predictor never creates a process
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +93,80 @@ class Predictor:
         """
         return self.task.predict_records(self, images, tta=tta, batch_size=batch_size)
 
+    def explain(
+        self,
+        images: Any,
+        *,
+        target: int | str | Sequence[int | str] | torch.Tensor | None = None,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Class activation maps (Grad-CAM) of `images`: float32 `(N, H, W)` on the CPU at the
+        model's input size (`config.size`), each scaled to [0, 1] by its own maximum (a map
+        that is zero everywhere stays zero). A single image gives `N = 1`.
+
+        images: as `predict` takes them, prepared as validation prepares them.
+        target: the class to explain, by index or name, for every image, or a list (or an
+            int tensor) of one per image; default: each image's predicted class
+            (classification) or its most probable label (multi-label). The task decides
+            whether a map means anything: other tasks raise `torso.errors.NotExplainableError`.
+        The model's parameters get no gradients (`.grad` stays None).
+        """
+        from torso.data.prepare import prepare_images
+
+        if batch_size < 1:
+            raise TorsoError(f"batch_size must be at least 1, got {batch_size}")
+        batch = prepare_images(self.config, images)
+        classes = self._target_classes(target, len(batch))
+        maps = []
+        for start in range(0, len(batch), batch_size):
+            chunk = batch[start : start + batch_size].to(self.device)
+            chosen = None if classes is None else classes[start : start + batch_size]
+            maps.append(self.task.activation_maps(self.model, chunk, chosen).float().cpu())
+        return torch.cat(maps)
+
+    def _target_classes(self, target: Any, count: int) -> torch.Tensor | None:
+        """`explain`'s `target` as class indices int64 `(count,)`, or None (the predicted)."""
+        if target is None:
+            return None
+        if isinstance(target, torch.Tensor):
+            target = target.tolist()  # a 0-d tensor gives one int
+        targets = [target] * count if isinstance(target, int | str) else list(target)
+        if len(targets) != count:
+            raise TorsoError(
+                f"target: give one class or one per image ({count}), not {len(targets)}"
+            )
+        names = self.config.class_names()
+        indices = []
+        for item in targets:
+            if isinstance(item, str) and item in names:
+                indices.append(names.index(item))
+            elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
+                indices.append(item)
+            else:
+                raise TorsoError(
+                    f"target {item!r} is not a class of this model: give an index below "
+                    f"{len(names)} or one of {', '.join(names)}"
+                )
+        return torch.tensor(indices, dtype=torch.int64)
+
     # -- loaders -------------------------------------------------------------------------
     @torch.no_grad()
     def get_preds(
         self, loader: Iterable | None = None, *, with_loss: bool = False, with_inputs: bool = False
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Activations, targets and optionally per-sample losses and the inputs over `loader`
         (batches `(x, y)`), all on the CPU.
 
         Returns `"activations"` (N, ...), `"targets"` (N, ...), and `"losses"` (N,) and
-        `"inputs"` (N, C, H, W; the first image of a pair) when asked for. Under torchrun a
-        loader shared out among the processes is gathered: every process gets all N rows, in
-        the loader's order.
+        `"inputs"` (N, C, H, W; the first image of a pair) when asked for. Targets that are not
+        one tensor a batch (detection: a dict of boxes and labels per image) come as a list of
+        N such dicts. Under torchrun a loader shared out among the processes is gathered:
+        every process gets all N rows, in the loader's order.
         """
         batches = self._loader(loader)
         shared = self._measured_together(batches)
         self.model.eval()
-        parts: dict[str, list[torch.Tensor]] = {"activations": [], "targets": []}
+        parts: dict[str, list[Any]] = {"activations": [], "targets": []}
         if with_loss:
             parts["losses"] = []
         if with_inputs:
@@ -126,13 +183,13 @@ class Predictor:
         return self._finish(parts, shared)
 
     @torch.no_grad()
-    def tta(self, loader: Iterable | None = None) -> dict[str, torch.Tensor]:
+    def tta(self, loader: Iterable | None = None) -> dict[str, Any]:
         """Test-time augmentation over `loader`: each sample's activations averaged with those
         of its mirror image (put back by `task.undo_flip`). Returns `{"activations",
         "targets"}` as `get_preds` does (gathered likewise)."""
         batches = self._loader(loader)
         shared = self._measured_together(batches)
-        parts: dict[str, list[torch.Tensor]] = {"activations": [], "targets": []}
+        parts: dict[str, list[Any]] = {"activations": [], "targets": []}
         for x, y in batches:
             parts["activations"].append(self._activations(self._to_device(x), True).cpu())
             parts["targets"].append(_cpu(y))
@@ -176,14 +233,21 @@ class Predictor:
         return shared
 
     @staticmethod
-    def _finish(parts: dict[str, list[torch.Tensor]], shared: bool) -> dict[str, torch.Tensor]:
+    def _finish(parts: dict[str, list[Any]], shared: bool) -> dict[str, Any]:
+        """Each part's batches joined: tensors concatenated, lists of per-sample objects (a
+        detection's targets) chained; under torchrun gathered from every process in order."""
+        from torso import distributed
+
         if not parts["activations"]:
             raise TorsoError("the loader yields no batches")
-        results = {key: torch.cat(values) for key, values in parts.items()}
-        if shared:
-            from torso import distributed
-
-            results = {key: distributed.gather_in_order(value) for key, value in results.items()}
+        results: dict[str, Any] = {}
+        for key, values in parts.items():
+            if isinstance(values[0], list):
+                joined = [item for batch in values for item in batch]
+                results[key] = distributed.gather_objects_in_order(joined) if shared else joined
+            else:
+                joined = torch.cat(values)
+                results[key] = distributed.gather_in_order(joined) if shared else joined
         return results
 
 
@@ -220,8 +284,17 @@ def choose_device(device: str | torch.device, option: str = "device") -> torch.d
     return chosen
 
 
-def _cpu(value: Any) -> torch.Tensor:
-    return value.cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+def _cpu(value: Any) -> torch.Tensor | list[dict[str, Any]]:
+    """A batch's targets on the CPU: a tensor, or a list of per-sample dicts (detection: boxes
+    and labels, a different number for each image) with each tensor in them moved."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, list | tuple) and value and isinstance(value[0], Mapping):
+        return [
+            {key: v.cpu() if isinstance(v, torch.Tensor) else v for key, v in item.items()}
+            for item in value
+        ]
+    return torch.as_tensor(value)
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None) -> Predictor:

@@ -15,7 +15,19 @@ import sys
 
 from torso.errors import TorsoError
 
-COMMANDS = ["summary", "check", "train", "predict", "lr_find", "demo", "embed", "similar", "export"]
+COMMANDS = [
+    "summary",
+    "check",
+    "train",
+    "predict",
+    "interpret",
+    "lr_find",
+    "demo",
+    "embed",
+    "similar",
+    "export",
+    "serve",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +50,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"torso: error: {message}\n")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Aligns the help column with the commands' names as indented (argparse measures them
+    without their indent, so a name of nine letters, `interpret`, had its help wrapped onto
+    the next line)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        for subaction in self._iter_indented_subactions(action):
+            length = len(self._format_action_invocation(subaction)) + self._current_indent
+            self._action_max_length = max(self._action_max_length, length)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `torso` parser. Every command is listed (with its `HELP` line), but only the command
     that `argv` names gets its full parser, so `torso --help` or `torso check` do not import
@@ -47,6 +71,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="torso",
         description="Transfer learning for computer vision: a pretrained body plus a task head.",
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"torso {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from torso.errors import TorsoError
 
 #: The command's line in `torso --help`.
@@ -70,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
         return 0
+    from rich.console import Console
+
     console = Console()
     render(summary, console)
     for note in task.summary_notes(config, model):

@@ -552,6 +552,26 @@ def resumed_arguments(args: argparse.Namespace, out: Path) -> argparse.Namespace
     return argparse.Namespace(**{**vars(args), **stored, **current, "resume": str(out)})
 
 
+def train_command(args: argparse.Namespace) -> str:
+    """The `torso train` command that repeats the run of `args`: DATA, then every option
+    whose value is not its default (a switch as its flag alone), quoted for a POSIX shell."""
+    import shlex
+
+    defaults = _defaults(args.data)
+    words = ["torso", "train", str(args.data)]
+    for key, value in vars(args).items():
+        if key in NOT_STORED or key == "data" or value == defaults.get(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list | tuple):
+            words += [flag, *(str(item) for item in value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 def _defaults(data: str) -> dict:
     """`torso train DATA`'s default arguments."""
     parser = argparse.ArgumentParser()
@@ -572,6 +592,7 @@ def _train_in(args: argparse.Namespace, out: Path) -> int:
 
     set_seed(args.seed)
     dls = load_training_data(args)
+    task = task.with_data(dls)
     callbacks = [] if args.quiet else [Progress()]
     callbacks.append(CSVLog())
     if len(dls.valid.dataset) > 0:
@@ -610,7 +631,13 @@ def _train_in(args: argparse.Namespace, out: Path) -> int:
         learner.valid_loader = whole_validation_loader(dls.valid)
     from torso.tools.report import write_run_report
 
-    report = write_run_report(learner, out, title=f"torso train {args.data}", lr_curve=lr_curve)
+    report = write_run_report(
+        learner,
+        out,
+        title=f"torso train {args.data}",
+        lr_curve=lr_curve,
+        command=train_command(args),
+    )
     final = learner.history[-1] if learner.history else {}
     hidden = {"epoch", "time", "lr", *task.per_class_metrics(learner.config)}
     shown = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in hidden)

@@ -4,7 +4,8 @@
 `Boxes` (xyxy boxes and class indices; YOLO's as fractions of the image's size):
 
 - COCO: `annotations/*.json` and the images in `images/`, `images/<json stem>/` or `root/`;
-  classes: the categories, by id; a json whose name holds "val" is the validation set.
+  classes: the categories, by id (kept as the source's `class_ids`, so predictions can name
+  them by COCO's ids again); a json whose name holds "val" is the validation set.
 - Pascal VOC: `Annotations/*.xml` and `JPEGImages/`; classes: the object names, sorted; the
   split from `ImageSets/Main/{train,val}.txt` when present.
 - YOLO: `images/` and `labels/*.txt` (`class cx cy w h` as fractions of the image), or
@@ -134,7 +135,9 @@ def _coco_image_path(root: Path, json_path: Path, file_name: str) -> Path:
     return next((path for path in candidates if path.is_file()), candidates[0])
 
 
-def _read_coco(root: Path, problems: list[Problem]) -> tuple[list[Item], list[str]]:
+def _read_coco(
+    root: Path, problems: list[Problem]
+) -> tuple[list[Item], list[str], list[int] | None]:
     files = sorted((root / "annotations").glob("*.json"))
     if not files:
         raise TorsoError(f"no COCO json files in '{root / 'annotations'}'")
@@ -187,11 +190,13 @@ def _read_coco(root: Path, problems: list[Problem]) -> tuple[list[Item], list[st
                 continue
             boxes, labels = found[image_id]
             items.append(Item(image_path, Boxes(tuple(boxes), tuple(labels)), split))
-    return items, names
+    return items, names, ids
 
 
 # -- Pascal VOC ------------------------------------------------------------------------------
-def _read_voc(root: Path, problems: list[Problem]) -> tuple[list[Item], list[str]]:
+def _read_voc(
+    root: Path, problems: list[Problem]
+) -> tuple[list[Item], list[str], list[int] | None]:
     check = _Collector(problems)
     parsed = []
     for path in sorted((root / "Annotations").glob("*.xml")):
@@ -245,7 +250,7 @@ def _read_voc(root: Path, problems: list[Problem]) -> tuple[list[Item], list[str
         items.append(
             Item(image_path, Boxes(tuple(found[0]), tuple(found[1])), splits.get(path.stem))
         )
-    return items, names
+    return items, names, None
 
 
 # -- YOLO ------------------------------------------------------------------------------------
@@ -272,7 +277,9 @@ def _yolo_names(root: Path) -> list[str] | None:
     return None
 
 
-def _read_yolo(root: Path, problems: list[Problem]) -> tuple[list[Item], list[str]]:
+def _read_yolo(
+    root: Path, problems: list[Problem]
+) -> tuple[list[Item], list[str], list[int] | None]:
     check = _Collector(problems)
     names = _yolo_names(root)
     images_root, labels_root = root / "images", root / "labels"
@@ -309,7 +316,7 @@ def _read_yolo(root: Path, problems: list[Problem]) -> tuple[list[Item], list[st
             items.append(Item(image_path, Boxes(tuple(found[0]), tuple(found[1]), True), split))
     if names is None:
         names = [str(i) for i in range(highest + 1)]
-    return items, names
+    return items, names, None
 
 
 # -- labelme ---------------------------------------------------------------------------------
@@ -317,7 +324,9 @@ def _labelme_files(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*.json") if not p.name.startswith("."))
 
 
-def _read_labelme(root: Path, problems: list[Problem]) -> tuple[list[Item], list[str]]:
+def _read_labelme(
+    root: Path, problems: list[Problem]
+) -> tuple[list[Item], list[str], list[int] | None]:
     check = _Collector(problems)
     documents = [(path, _read_json(path)) for path in _labelme_files(root)]
     names = sorted({str(s.get("label")) for _, d in documents for s in d.get("shapes", [])})
@@ -345,7 +354,7 @@ def _read_labelme(root: Path, problems: list[Problem]) -> tuple[list[Item], list
             box = (min(xs), min(ys), max(xs), max(ys))
             check.box(path, what, box, size, check.label(path, what, label, index_of), found)
         items.append(Item(image_path, Boxes(tuple(found[0]), tuple(found[1]))))
-    return items, names
+    return items, names, None
 
 
 # -- the reader ------------------------------------------------------------------------------
@@ -368,7 +377,10 @@ def has_boxes(root: Path) -> bool:
     return box_format(root) in ("voc", "coco", "yolo")
 
 
-_READERS: dict[str, Callable[[Path, list[Problem]], tuple[list[Item], list[str]]]] = {
+#: Each layout's reader: (items, class names, the classes' own ids or None).
+_READERS: dict[
+    str, Callable[[Path, list[Problem]], tuple[list[Item], list[str], list[int] | None]]
+] = {
     "coco": _read_coco,
     "voc": _read_voc,
     "yolo": _read_yolo,
@@ -389,10 +401,10 @@ def read_boxes(root: Path, *, csv: Path | None = None, **_options) -> Source:
             "(Annotations/ + JPEGImages/), YOLO (images/ + labels/) or labelme (*.json) data"
         )
     problems: list[Problem] = []
-    items, names = _READERS[kind](Path(root), problems)
+    items, names, ids = _READERS[kind](Path(root), problems)
     if items and any(item.split is None for item in items):
         items = [Item(item.path, item.target) for item in items]  # a random split for all
-    return Source(Path(root), items, classes=names, problems=problems)
+    return Source(Path(root), items, classes=names, problems=problems, class_ids=ids)
 
 
 class BoxTargets(Targets):

@@ -1,7 +1,10 @@
 """The presize cache: each image decoded and resized once, kept as uint8, shared by the workers.
 
 The first epoch decodes every file and writes the presized uint8 image (and mask) into one flat
-buffer; later epochs read from it and only run the random augmentations. The buffer lives in
+buffer; later epochs read from it and only run the random augmentations. Boxes are not stored:
+the cache keeps each image's original size, and the boxes are moved from the original image's
+pixels to the presized image again on every read (`resize_square_boxes`), the same steps as
+the image's, so they are the same numbers as without the cache. The buffer lives in
 shared memory when it fits comfortably (half the available memory and most of `/dev/shm`), else
 in a memory-mapped file in `directory` (the run folder) or the temporary folder, removed when the
 cache is garbage-collected or the process exits. Loader workers write into the same buffer, so
@@ -52,7 +55,8 @@ def _remove(path: str, owner: int) -> None:
 
 
 class PresizeCache:
-    """`count` uint8 images `(C, S, S)`, and masks `(S, S)` when `masks`, filled on first use.
+    """`count` uint8 images `(C, S, S)`, and masks `(S, S)` when `masks`, filled on first use;
+    with `sizes`, also each image's original `(height, width)` (for its boxes).
 
     `nbytes` is the buffer size; `location` is "memory" or the file's path.
     """
@@ -63,14 +67,19 @@ class PresizeCache:
         image_shape: tuple[int, int, int],
         masks: bool = False,
         directory: str | Path | None = None,
+        *,
+        sizes: bool = False,
     ) -> None:
         self.count = count
         self.image_shape = tuple(image_shape)
         self.masks = masks
+        self.sizes = sizes
         channels, height, width = self.image_shape
         self._image_bytes = channels * height * width
         self._mask_bytes = height * width if masks else 0
-        self.nbytes = count * (1 + self._image_bytes + self._mask_bytes)
+        self._size_bytes = 8 if sizes else 0  # two int32
+        self._item_bytes = self._image_bytes + self._mask_bytes + self._size_bytes
+        self.nbytes = count * (1 + self._item_bytes)
         self._path: str | None = None
         fits_memory = self.nbytes <= _MEMORY_SHARE * available_memory()
         if fits_memory and self.nbytes <= 0.8 * _shared_memory_free():
@@ -106,28 +115,49 @@ class PresizeCache:
         if self._buffer is None:
             self._buffer = self._open_file()
 
-    def _views(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        start = self.count + index * (self._image_bytes + self._mask_bytes)
+    def _views(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        start = self.count + index * self._item_bytes
         image = self._buffer[start : start + self._image_bytes].view(self.image_shape)
+        begin = start + self._image_bytes
         mask = None
         if self.masks:
-            begin = start + self._image_bytes
             mask = self._buffer[begin : begin + self._mask_bytes].view(1, *self.image_shape[1:])
-        return image, mask
+        begin += self._mask_bytes
+        return image, mask, self._buffer[begin : begin + self._size_bytes]
 
     def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The cached image `(C, S, S)` and mask `(1, S, S)` (copies), or None if not filled yet."""
         if not self._buffer[index]:
             return None
-        image, mask = self._views(index)
+        image, mask, _ = self._views(index)
         return image.clone(), (mask.clone() if mask is not None else None)
 
-    def put(self, index: int, image: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Store the presized image (and mask) of item `index`."""
-        image_view, mask_view = self._views(index)
+    def original_size(self, index: int) -> tuple[int, int]:
+        """The `(height, width)` of item `index`'s image before presizing (a cache made with
+        `sizes`, the item filled)."""
+        if not self.sizes:
+            raise ValueError("this cache keeps no image sizes (PresizeCache(..., sizes=True))")
+        height, width = self._views(index)[2].clone().view(torch.int32).tolist()
+        return height, width
+
+    def put(
+        self,
+        index: int,
+        image: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        """Store the presized image (and mask, and with `sizes` the original image's `size`
+        `(height, width)`) of item `index`."""
+        image_view, mask_view, size_view = self._views(index)
         image_view.copy_(image)
         if mask_view is not None:
             mask_view.copy_(mask)
+        if self.sizes:
+            if size is None:
+                raise ValueError("a cache made with sizes=True needs each image's original size")
+            height, width = (int(v) for v in size)
+            size_view.copy_(torch.tensor([height, width], dtype=torch.int32).view(torch.uint8))
         self._buffer[index] = 1
 
     @property

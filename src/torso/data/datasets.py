@@ -13,7 +13,13 @@ from torso.data.cache import PresizeCache
 from torso.data.decode import read_image, read_mask
 from torso.data.layout import Targets
 from torso.data.sources import Item
-from torso.data.transforms import Augmentation, augment, resize_square, sample_generator
+from torso.data.transforms import (
+    Augmentation,
+    augment,
+    resize_square,
+    resize_square_boxes,
+    sample_generator,
+)
 from torso.errors import TorsoError
 
 
@@ -59,13 +65,18 @@ class ImageDataset(Dataset):
         return len(self.items)
 
     def base(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Image `(C, B, B)` and mask `(1, B, B)` of item `index` at the base (presize) size."""
-        if self.cache is not None:
-            cached = self.cache.get(index)
-            if cached is not None:
-                return cached
+        """Image `(C, B, B)` and mask `(1, B, B)` (or boxes) of item `index` at the base
+        (presize) size."""
         item = self.items[index]
         side = self.base_size
+        if self.cache is not None:
+            cached = self.cache.get(index)
+            if cached is not None and self.targets.boxes:
+                # The cache keeps the image's original size, not the boxes: move them again.
+                boxes = self.targets.geometry(item.target, *self.cache.original_size(index))
+                return cached[0], resize_square_boxes(boxes, side, self.resize)
+            if cached is not None:
+                return cached
         # Reduced-scale JPEG decoding only for augmented training without masks: it changes
         # pixels slightly (validation and prediction must match exactly) and the image size
         # (a mask must match its image).
@@ -82,9 +93,13 @@ class ImageDataset(Dataset):
             mask = values.clamp(0, 255).to(torch.uint8)[None]
         elif self.targets.boxes:  # BoundingBoxes: every transform below moves them too
             mask = self.targets.geometry(item.target, *image.shape[-2:])
+        original = tuple(image.shape[-2:])
         image, mask = resize_square(image, side, self.resize, mask, self.ignore_index)
         if self.cache is not None:
-            self.cache.put(index, image, mask)
+            if self.targets.boxes:
+                self.cache.put(index, image, size=original)
+            else:
+                self.cache.put(index, image, mask)
         return image, mask
 
     def image(self, index: int, epoch: int, stream: int = 0) -> tuple[torch.Tensor, object]:

@@ -1,6 +1,6 @@
 """The embedded demo data: real images that ship inside torso, written out as ordinary folders.
 
-- Fashion-MNIST (MIT, Zalando SE): a class-balanced subset, 3,000 training and 1,000
+- Fashion-MNIST (MIT, Zalando SE): a class-balanced subset, 10,000 training and 1,000
   validation 28×28 grey images of 10 kinds of clothing (`assets/fashion_mnist.npz`).
 - Nuclei (BSD-3, from the 2018 Data Science Bowl via stardist): one 512×512 fluorescence image
   with its nucleus mask (`assets/nuclei.npz`), cut into tiles; the bottom quarter of the image is

@@ -54,6 +54,20 @@ def default_workers() -> int:
     return max(1, min(cores, 8))
 
 
+def auto_workers(batches: int, *, final_in_cache: bool) -> int:
+    """Loader workers when none are asked for: the usable cores (at most 8, at most the number
+    of training batches), or none when `final_in_cache`.
+
+    `final_in_cache`: the presize cache holds every image at its final size and nothing is
+    augmented, so from the second epoch on a batch is a copy out of memory. A worker would then
+    only hold a core the model could use (`torso train` gives the model the cores the workers
+    leave free); the first epoch decodes in the training process instead.
+    """
+    if final_in_cache or batches <= 1:
+        return 0
+    return min(default_workers(), batches)
+
+
 class DataCheckError(TorsoError):
     """The data has problems (listed in `report`); `skip_bad=True` skips those files instead."""
 
@@ -145,7 +159,8 @@ class DataLoaders:
 
     Attributes: `train` (an `EpochLoader`), `valid` (a `DataLoader`, empty when there is no
     validation set), `task` (the task's name), `layout` (its `DataLayout`), `classes` (class
-    names; the codes of masks; None for numeric targets),
+    names; the codes of masks; None for numeric targets), `class_ids` (the annotations' own
+    number of each class where they have one: COCO's category ids; else None),
     `target_names` (regress), `num_outputs`, `size`, `in_channels`, `resize`, `ignore_index`,
     `seed`, `train_items` / `valid_items` (file paths), `report` (the `DataReport` of the check,
     or None), `skipped` (problems whose files were left out), `cache` (the training and
@@ -158,6 +173,7 @@ class DataLoaders:
         self.task: str = fields.pop("task")
         self.layout: DataLayout = fields.pop("layout")
         self.classes: list[str] | None = fields.pop("classes")
+        self.class_ids: list[int] | None = fields.pop("class_ids")
         self.target_names: list[str] | None = fields.pop("target_names")
         self.num_outputs: int = fields.pop("num_outputs")
         self.size: int = fields.pop("size")
@@ -213,11 +229,11 @@ def _drop_bad(items: list[Item], bad: set[Path], masks: bool) -> list[Item]:
     ]
 
 
-def _make_cache(count, shape, masks, cache_dir, notes) -> PresizeCache | None:
+def _make_cache(count, shape, masks, sizes, cache_dir, notes) -> PresizeCache | None:
     if count == 0:
         return None
     try:
-        cache = PresizeCache(count, shape, masks=masks, directory=cache_dir)
+        cache = PresizeCache(count, shape, masks=masks, directory=cache_dir, sizes=sizes)
     except MemoryError as error:
         notes.append(f"no presize cache ({error})")
         return None
@@ -272,7 +288,8 @@ def load_data(
     factories called with the dataset, e.g. for a `DistributedSampler`; the default training
     order is shuffled by (seed, epoch). `progress(done, total)` is called while the check
     reads the files. `num_workers` defaults to the usable cores (at most 8, at most the number
-    of training batches).
+    of training batches), and to none when the cache holds the final images (no augmentation;
+    see `auto_workers`).
     """
     size = _positive_int("size", size)
     batch_size = _positive_int("batch_size", batch_size)
@@ -336,11 +353,14 @@ def load_data(
     presize_side = max(size, math.ceil(size * presize)) if augmentation is not None else size
     notes: list[str] = []
     train_cache = valid_cache = None
-    if cache and not layout.targets.boxes:  # boxes are moved with the image, not cached
+    if cache:  # (boxes: each image's original size, from which its boxes are moved again)
+        boxes = layout.targets.boxes
         train_cache = _make_cache(
-            len(train), (in_channels, presize_side, presize_side), masks, cache_dir, notes
+            len(train), (in_channels, presize_side, presize_side), masks, boxes, cache_dir, notes
         )
-        valid_cache = _make_cache(len(valid), (in_channels, size, size), masks, cache_dir, notes)
+        valid_cache = _make_cache(
+            len(valid), (in_channels, size, size), masks, boxes, cache_dir, notes
+        )
     caches = [c for c in (train_cache, valid_cache) if c is not None]
     if caches:
         total = sum(c.nbytes for c in caches) / 2**20
@@ -370,7 +390,9 @@ def load_data(
 
     batches = len(train) // batch_size if len(train) >= batch_size else 1
     if num_workers is None:
-        num_workers = min(default_workers(), batches) if batches > 1 else 0
+        num_workers = auto_workers(
+            batches, final_in_cache=augmentation is None and train_cache is not None
+        )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     collate = Collate(layout.pairs)
@@ -397,6 +419,7 @@ def load_data(
         task=task_name,
         layout=layout,
         classes=list(classes) if classes is not None else None,
+        class_ids=source.class_ids,
         target_names=source.target_names,
         num_outputs=num_outputs,
         size=size,

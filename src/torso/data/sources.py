@@ -83,7 +83,9 @@ class Source:
     """The items found under `root`, their class names and the problems seen while listing them.
 
     `classes`: class (or label, or mask code) names, None when unknown; `target_names`: the names
-    of numeric targets; `codes_given`: the mask codes came from the user, not from the masks.
+    of numeric targets; `codes_given`: the mask codes came from the user, not from the masks;
+    `class_ids`: the annotations' own number of each class, where they have one (COCO's
+    category ids), None otherwise.
     """
 
     root: Path
@@ -92,6 +94,7 @@ class Source:
     target_names: list[str] | None = None
     codes_given: bool = False
     problems: list[Problem] = field(default_factory=list)
+    class_ids: list[int] | None = None
 
 
 def visible_files(folder: Path) -> list[Path]:

@@ -68,32 +68,124 @@ def resize_square(
     mask: torch.Tensor | None = None,
     ignore_index: int = 255,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resize an image `(C, H, W)` (and its mask `(1, H, W)`) to `size x size` by `resize`."""
-    height, width = image.shape[-2:]
+    """Resize an image `(C, H, W)` (and its mask `(1, H, W)`, or its boxes as a
+    `tv_tensors.BoundingBoxes`) to `size x size` by `resize`."""
+    target = _scaled_shape(*image.shape[-2:], size, resize)
+    image = _to_square(image, target, size, resize, fill=0)
+    if mask is not None:
+        mask = _to_square(mask, target, size, resize, fill=ignore_index, nearest=True)
+    return image, mask
+
+
+def resize_square_boxes(boxes: torch.Tensor, size: int, resize: str = "squish") -> torch.Tensor:
+    """The boxes (a `tv_tensors.BoundingBoxes` on their image's canvas) as `resize_square`
+    moves them with their image, without the image: the same steps, so the same numbers."""
+    target = _scaled_shape(*boxes.canvas_size, size, resize)
+    return _to_square(boxes, target, size, resize, fill=0)
+
+
+def _scaled_shape(height: int, width: int, size: int, resize: str) -> list[int]:
+    """The `[height, width]` an image is scaled to before it is cropped or padded to `size`."""
     if resize == "squish":
-        target = [size, size]
-    elif resize == "crop":
-        scale = size / min(height, width)
-        target = [max(size, round(height * scale)), max(size, round(width * scale))]
-    else:
-        scale = size / max(height, width)
-        target = [max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))]
-    if [height, width] != target:
-        image = F.resize(image, target, antialias=True)
-        if mask is not None:
-            mask = F.resize(mask, target, interpolation=InterpolationMode.NEAREST_EXACT)
+        return [size, size]
     if resize == "crop":
-        image = F.center_crop(image, [size, size])
-        if mask is not None:
-            mask = F.center_crop(mask, [size, size])
+        scale = size / min(height, width)
+        return [max(size, round(height * scale)), max(size, round(width * scale))]
+    scale = size / max(height, width)
+    return [max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))]
+
+
+def _to_square(
+    value: torch.Tensor,
+    target: list[int],
+    size: int,
+    resize: str,
+    fill: int,
+    nearest: bool = False,
+) -> torch.Tensor:
+    """An image, a mask (`nearest`) or boxes scaled to `target`, then cut (crop) or padded with
+    `fill` (pad) to `size x size`."""
+    shape = list(value.canvas_size) if hasattr(value, "canvas_size") else list(value.shape[-2:])
+    if shape != target:
+        if nearest:
+            value = F.resize(value, target, interpolation=InterpolationMode.NEAREST_EXACT)
+        else:
+            value = F.resize(value, target, antialias=True)
+    if resize == "crop":
+        value = F.center_crop(value, [size, size])
     elif resize == "pad":
         pad_h, pad_w = size - target[0], size - target[1]
         padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
         if any(padding):
-            image = F.pad(image, padding, fill=0)
-            if mask is not None:
-                mask = F.pad(mask, padding, fill=ignore_index)
-    return image, mask
+            value = F.pad(value, padding, fill=fill)
+    return value
+
+
+def undo_resize_square(
+    values: torch.Tensor, height: int, width: int, resize: str, *, fill: float, mode: str
+) -> torch.Tensor:
+    """A map `(S, S)` over a `resize_square` output, brought back over the original
+    `height`×`width` image (float32): the inverse of the resize, by `mode` ("bilinear" for a
+    heat map, "nearest-exact" for class ids). Parts of the image the model did not see (cut
+    off by `resize="crop"`) get `fill`; the pad of `resize="pad"` is cut off."""
+    size = values.shape[-1]
+    values = values.float()
+    if resize == "crop":
+        # The image was scaled so its short side is `size`, then its centre cut out (torchvision
+        # rounds the offsets): put the map back in the middle, `fill` around it.
+        scale = size / min(height, width)
+        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
+        top, left = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+        region = torch.full(scaled, float(fill))
+        region[top : top + size, left : left + size] = values
+    elif resize == "pad":
+        # The image was scaled so its long side is `size`, then padded around: cut the pad off.
+        scale = size / max(height, width)
+        scaled = (
+            max(1, min(size, round(height * scale))),
+            max(1, min(size, round(width * scale))),
+        )
+        top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
+        region = values[top : top + scaled[0], left : left + scaled[1]]
+    else:
+        region = values
+    smooth = {"align_corners": False} if mode == "bilinear" else {}
+    resized = torch.nn.functional.interpolate(
+        region[None, None], size=(height, width), mode=mode, **smooth
+    )
+    return resized[0, 0]
+
+
+def input_region(
+    height: int, width: int, size: int, resize: str = "squish"
+) -> tuple[float, float, float, float]:
+    """Where the `size x size` square that `resize_square` makes of a `height x width` image
+    lies over that image: `(left, top, right, bottom)` in the image's pixels. `squish` covers
+    the whole image; `crop` its centre square, inside it; `pad` a square larger than the image,
+    around it. A position `x` in the square is `left + x * (right - left) / size` in the image."""
+    if resize == "squish":
+        return 0.0, 0.0, float(width), float(height)
+    if resize == "crop":
+        scale = size / min(height, width)
+        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
+        # torchvision's center_crop: the offset rounded to the nearest pixel
+        top, left = (float(int(round((side - size) / 2.0))) for side in scaled)
+    elif resize == "pad":
+        scale = size / max(height, width)
+        scaled = (
+            max(1, min(size, round(height * scale))),
+            max(1, min(size, round(width * scale))),
+        )
+        top, left = (-float((size - side) // 2) for side in scaled)
+    else:
+        raise TorsoError(f"unknown resize mode {resize!r}: give squish, crop or pad")
+    scale_y, scale_x = height / scaled[0], width / scaled[1]
+    return (
+        left * scale_x,
+        top * scale_y,
+        (left + size) * scale_x,
+        (top + size) * scale_y,
+    )
 
 
 def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:

@@ -5,6 +5,10 @@ JSON values; they are saved in `torso.json` so that a checkpoint rebuilds the sa
 Learner, the Predictor, `torso predict`, the report and export only ever call the methods below,
 so a new task (segmentation, Siamese pairs) is one new module with one class, and no other code
 compares task names.
+
+A task module imports torch, torchmetrics, matplotlib and the models inside the functions that
+use them, never at its top: `torso train --help` imports every task module to list their
+options, and must not wait for torch (`tests/test_cli_startup.py` holds that line).
 """
 
 from __future__ import annotations
@@ -13,18 +17,18 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torchmetrics import Metric
-
 from torso.config import RunConfig, as_run_config
-from torso.errors import TorsoError
+from torso.errors import NotExplainableError, TorsoError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 
@@ -49,6 +53,16 @@ class TaskOption:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+@dataclass
+class ReportParts:
+    """What a task adds to a run's report (and its model card): `figures`, the PNG files it
+    wrote, and `tables`, title → rows (each row a dict column → value), e.g.
+    `{"per class": [{"class": "cat", "precision": 0.9, ...}, ...]}`."""
+
+    figures: list[Path] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def output_names(config: RunConfig | Mapping[str, Any]) -> tuple[int, list[str]]:
@@ -77,6 +91,11 @@ class Task:
         output_activation: the function that turns them into probabilities (None: none).
         exports_dynamic: whether an export may leave the batch and image size free (False
             when the exported graph is traced for one input shape, as a detector's is).
+        serve_view: how the page of `torso serve` draws one answer: `"classes"` (the top
+            classes and their probabilities), `"labels"`, `"values"`, `"mask"`, `"boxes"`,
+            `"pair"`, or `"record"` (the record's fields as a table).
+        purpose: what the model does, for its model card: a `str.format` template of `size`
+            ("64x64"), `count` (outputs) and `classes` (their names, comma-separated).
     """
 
     name: str = ""
@@ -89,6 +108,8 @@ class Task:
     output_meaning: str = "model outputs"
     output_activation: str | None = None
     exports_dynamic: bool = True
+    serve_view: str = "record"
+    purpose: str = "maps each {size} image to {count} outputs"
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
@@ -103,6 +124,12 @@ class Task:
         (reader, kind of targets, pairs or not, what its folders look like). `torso.data` asks
         only this, never the task's name."""
         raise NotImplementedError(f"{type(self).__name__} must define data_layout()")
+
+    def with_data(self, data: Any) -> Task:
+        """This task with what it keeps of its training data `data` (a
+        `torso.data.DataLoaders`) in its options, which `torso.json` saves: itself by default;
+        detection keeps COCO's category ids to write its predictions with them."""
+        return self
 
     # -- the model ---------------------------------------------------------------------------
     def head_options(self, config: RunConfig) -> dict[str, Any]:
@@ -195,6 +222,31 @@ class Task:
         augmentation): unchanged for per-image answers; mirrored back for per-pixel ones."""
         return activations
 
+    def serve_records(
+        self, predictor: Predictor, images: Sequence[torch.Tensor], *, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`torso serve`'s answer: one JSON-able record per sample of `images` (decoded uint8
+        tensors `(C, H, W)`, `images_per_sample` per sample), with the fields
+        `predict_records` gives. A task whose records hold arrays, or positions in the
+        prepared image, overrides it (a mask as PNG, boxes in the image's own pixels).
+
+        `predictor` is a `Predictor`, or anything with its `config`, `task` and
+        `activations` (the ONNX runtime of `torso serve --onnx`)."""
+        return self.predict_records(predictor, list(images), batch_size=batch_size)
+
+    # -- interpretation ----------------------------------------------------------------------
+    def activation_maps(
+        self, model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`Predictor.explain`: class activation maps `(N, H, W)` in [0, 1] of prepared
+        `images` `(N, C, H, W)`, each for class `classes[i]` (int64 `(N,)`), or for the class
+        the task predicts when `classes` is None. A task whose answer is not one score per
+        class and image has none: `NotExplainableError`."""
+        raise NotExplainableError(
+            f"a {self.name} model has no class activation map: Grad-CAM explains the score of "
+            "one class of a whole image"
+        )
+
     # -- export ------------------------------------------------------------------------------
     def export_details(self, config: RunConfig) -> dict[str, Any]:
         """Task-specific fields of an exported model's JSON description."""
@@ -204,6 +256,11 @@ class Task:
         """What an export traces: a module from the input images to one tensor (the model
         itself by default; a detector wraps its decoded detections)."""
         return model
+
+    def export_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The activations from what an exported model gives (the outputs of
+        `export_module`): `activation(outputs)` by default."""
+        return self.activation(outputs)
 
     def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
         """How far an exported model's outputs are from PyTorch's (same shapes): the largest
@@ -255,6 +312,12 @@ class Task:
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """The task's figures of a run's validation set `loader`, written into `folder`."""
         return []
+
+    def report_parts(self, predictor: Predictor, loader: Any, folder: Path) -> ReportParts:
+        """The task's figures and tables of a run's validation set `loader` (figures written
+        into `folder`): by default `report_figures` and no table. A task with tables measures
+        the loader once for both by overriding this."""
+        return ReportParts(figures=self.report_figures(predictor, loader, folder))
 
 
 def records_csv(paths: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> str:

@@ -6,21 +6,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.numbers import fraction
-from torso.tasks.base import Task, TaskOption, output_names
+from torso.tasks.base import ReportParts, Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: The images the report shows with the highest validation losses.
 TOP_LOSSES = 9
+#: The pairs of classes the report lists as most confused.
+MOST_CONFUSED = 10
+#: The per-class scores of the report's table (torchmetrics.classification's classes, with
+#: `average="none"`; named, so that torchmetrics is imported only when a report is made).
+CLASS_SCORES = {
+    "precision": "MulticlassPrecision",
+    "recall": "MulticlassRecall",
+    "f1": "MulticlassF1Score",
+}
 
 
 LABEL_SMOOTHING = TaskOption(
@@ -38,9 +45,26 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy of logits `(N, K)` against class indices `(N,)`; `(N,)` for
     `reduction="none"`. Shared by classification and Siamese pairs."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(
         outputs.float(), targets.long(), label_smoothing=label_smoothing, reduction=reduction
     )
+
+
+def class_activation_maps(
+    model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+) -> torch.Tensor:
+    """Grad-CAM maps `(N, H, W)` of the logit (before softmax or sigmoid) of class
+    `classes[i]` of each image, or of its highest one when `classes` is None: the predicted
+    class, the most probable label. Shared by classification and multi-label."""
+    from torso.models.cam import grad_cam
+
+    def scores(outputs: torch.Tensor) -> torch.Tensor:
+        chosen = outputs.argmax(dim=1) if classes is None else classes.to(outputs.device)
+        return outputs.gather(1, chosen.long().view(-1, 1))[:, 0]
+
+    return grad_cam(model, images, scores)
 
 
 class ClassifyTask(Task):
@@ -59,6 +83,8 @@ class ClassifyTask(Task):
     cli_options = (LABEL_SMOOTHING,)
     output_meaning = "class scores (logits) (N, K); softmax gives probabilities"
     output_activation = "softmax"
+    serve_view = "classes"
+    purpose = "classifies {size} images into one of {count} classes: {classes}"
 
     def __init__(self, label_smoothing: float = 0.0, top_k: int = 5) -> None:
         if not 0 <= label_smoothing < 1:
@@ -80,6 +106,8 @@ class ClassifyTask(Task):
         return cross_entropy(outputs, targets, self.options["label_smoothing"], reduction)
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MulticlassAccuracy
+
         num_classes, _ = output_names(config)
         metrics: dict[str, Metric] = {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
@@ -115,6 +143,12 @@ class ClassifyTask(Task):
             records.append(record)
         return records
 
+    def activation_maps(
+        self, model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Grad-CAM of each image's predicted class (or of `classes`)."""
+        return class_activation_maps(model, images, classes)
+
     def folder_accuracy(
         self, records: Sequence[Mapping[str, Any]], folders: Sequence[str], config: RunConfig
     ) -> float | None:
@@ -126,27 +160,25 @@ class ClassifyTask(Task):
         )
         return right / len(records)
 
-    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
-        """Confusion matrix and top losses over the validation set."""
+    def report_parts(self, predictor: Predictor, loader: Any, folder: Path) -> ReportParts:
+        """Over the validation set: the confusion matrix, the top losses with the class
+        activation map of each one's predicted class, precision, recall and F1 per class, and
+        the most confused pairs of classes."""
+        import torchmetrics.classification
+
         from torso import plots
 
         predictions = predictor.get_preds(loader, with_loss=True)
         activations, targets = predictions["activations"], predictions["targets"]
         decoded = self.decode(activations)
         classes = predictor.config.class_names()
-        num_classes = activations.shape[1]
-        paths = [
-            plots.plot_confusion_matrix(
-                plots.confusion_matrix(targets, decoded, num_classes),
-                classes,
-                folder / "confusion_matrix.png",
-            )
-        ]
+        matrix = plots.confusion_matrix(targets, decoded, activations.shape[1])
+        figures = [plots.plot_confusion_matrix(matrix, classes, folder / "confusion_matrix.png")]
         count = min(TOP_LOSSES, len(targets))
         worst = predictions["losses"].topk(count).indices
         images = plots.images_at(loader, worst.tolist())
         if images is not None:
-            paths.append(
+            figures.append(
                 plots.plot_top_losses(
                     images,
                     targets[worst],
@@ -155,6 +187,76 @@ class ClassifyTask(Task):
                     activations[worst],
                     classes,
                     folder / "top_losses.png",
+                    maps=report_maps(predictor, images, decoded[worst]),
                 )
             )
-        return paths
+        scores = {
+            name: getattr(torchmetrics.classification, metric)(len(classes), average="none")(
+                decoded, targets.long()
+            )
+            for name, metric in CLASS_SCORES.items()
+        }
+        tables = {
+            "per class": class_rows(classes, scores, matrix.sum(dim=1)),
+            "most confused": most_confused(matrix, classes),
+        }
+        return ReportParts(figures=figures, tables=tables)
+
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """`report_parts`'s figures."""
+        return self.report_parts(predictor, loader, folder).figures
+
+
+def report_maps(
+    predictor: Predictor, images: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor | None:
+    """The class activation maps of `images` for `classes` drawn in the report, or None for a
+    model that has none (one without `.body` and `.head`, given to the Learner)."""
+    from torso.errors import NotExplainableError
+
+    try:
+        return predictor.explain(images, target=classes.tolist())
+    except NotExplainableError:
+        return None
+
+
+def class_rows(
+    names: Sequence[str], scores: Mapping[str, torch.Tensor], support: torch.Tensor
+) -> list[dict[str, Any]]:
+    """The report's per-class table: one row per class, its `scores` (name → `(K,)`) and the
+    validation images that have it (`support`, `(K,)`)."""
+    return [
+        {
+            "class": name,
+            **{key: round(float(values[index]), 4) for key, values in scores.items()},
+            "images": int(support[index]),
+        }
+        for index, name in enumerate(names)
+    ]
+
+
+def most_confused(matrix: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The `MOST_CONFUSED` largest counts off the diagonal of a confusion matrix `(K, K)` (row
+    actual, column predicted), largest first: `{"actual", "predicted", "images", "share of
+    actual"}`."""
+    import torch
+
+    off = matrix.clone()
+    off.fill_diagonal_(0)
+    totals = matrix.sum(dim=1)
+    order = torch.argsort(off.flatten(), descending=True, stable=True)[:MOST_CONFUSED]
+    rows = []
+    for flat in order.tolist():
+        actual, predicted = divmod(flat, len(names))
+        count = int(off[actual, predicted])
+        if count == 0:
+            break
+        rows.append(
+            {
+                "actual": names[actual],
+                "predicted": names[predicted],
+                "images": count,
+                "share of actual": round(count / int(totals[actual]), 4),
+            }
+        )
+    return rows

@@ -26,10 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torchmetrics import Metric
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
 from torso.numbers import fraction
@@ -37,6 +33,10 @@ from torso.tasks.base import Task, TaskOption, output_names
 from torso.tasks.segment import metric_name
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: Detections the model keeps per image (after NMS), and rows of the activations tensor.
@@ -50,67 +50,17 @@ FIGURE_SCORE = 0.3
 EXPORT_CHECK_SCORE = 0.1
 
 
-class MapValue(Metric):
-    """One number of a `MeanAveragePrecision` shared with other `MapValue`s: the one made with
-    `feeds=True` receives the updates (and holds the shared metric, so `.to(device)` moves it);
-    the others only read its result, computed once."""
-
-    full_state_update = False
-
-    def __init__(self, shared: dict, key: str, index: int | None = None, feeds: bool = False):
-        super().__init__()
-        self.feeds = feeds
-        if feeds:
-            self.average_precision = shared["metric"]
-        self._shared, self.key, self.index = shared, key, index
-
-    def update(self, predictions: list[dict], targets: list[dict]) -> None:
-        if self.feeds:
-            self._shared["metric"].update(predictions, targets)
-            self._shared["result"] = None
-
-    def compute(self) -> torch.Tensor:
-        if self._shared.get("result") is None:
-            self._shared["result"] = self._shared["metric"].compute()
-        result = self._shared["result"]
-        if self.index is None:
-            return result[self.key]
-        classes = result["classes"].flatten().tolist()
-        if self.index not in classes:  # a class absent from truth and predictions
-            return torch.tensor(-1.0)
-        return result[self.key].flatten()[classes.index(self.index)]
-
-    def reset(self) -> None:
-        super().reset()
-        if self.feeds:
-            self._shared["metric"].reset()
-            self._shared["result"] = None
-
-
 def to_original(
     boxes: torch.Tensor, height: int, width: int, size: int, resize: str
 ) -> torch.Tensor:
     """Boxes xyxy in pixels of an image prepared by `resize_square(size, resize)` → pixels of
     the original `height` x `width` image (the inverse of squish, crop or pad), clipped to it."""
+    from torso.data.transforms import input_region
+
+    left, top, right, bottom = input_region(height, width, size, resize)
     boxes = boxes.clone().float()
-    if resize == "squish":
-        scale_x, scale_y, left, top = width / size, height / size, 0.0, 0.0
-    elif resize == "crop":
-        scale = size / min(height, width)
-        h, w = max(size, round(height * scale)), max(size, round(width * scale))
-        # torchvision's center_crop: the offset rounded to the nearest pixel
-        left, top = -float(int(round((w - size) / 2.0))), -float(int(round((h - size) / 2.0)))
-        scale_x, scale_y = width / w, height / h
-    elif resize == "pad":
-        scale = size / max(height, width)
-        h = max(1, min(size, round(height * scale)))
-        w = max(1, min(size, round(width * scale)))
-        left, top = float((size - w) // 2), float((size - h) // 2)
-        scale_x, scale_y = width / w, height / h
-    else:
-        raise TorsoError(f"unknown resize mode {resize!r}")
-    boxes[:, 0::2] = ((boxes[:, 0::2] - left) * scale_x).clamp(0, width)
-    boxes[:, 1::2] = ((boxes[:, 1::2] - top) * scale_y).clamp(0, height)
+    boxes[:, 0::2] = (left + boxes[:, 0::2] * ((right - left) / size)).clamp(0, width)
+    boxes[:, 1::2] = (top + boxes[:, 1::2] * ((bottom - top) / size)).clamp(0, height)
     return boxes
 
 
@@ -124,6 +74,10 @@ class DetectTask(Task):
         score_threshold: `torso predict` and `describe` keep detections scoring at least this
             (the model itself keeps those above 0.05, as torchvision's detectors do); saved
             with the run, `torso predict --score-threshold` overrides it.
+        category_ids: the annotations' own id of each class (COCO's category ids, in the
+            order of the run's classes), which `torso predict` writes as `category_id`; None:
+            the class's index. Taken from COCO training data (`with_data`), not a command-line
+            option.
     """
 
     name = "detect"
@@ -144,22 +98,40 @@ class DetectTask(Task):
     )
     prediction_options = ("score_threshold",)
     exports_dynamic = False  # post-processing is traced for one batch and image size
+    serve_view = "boxes"
     output_meaning = (
         "detections (N, D, 6): x0, y0, x1, y1 in pixels of the prepared image, score, class "
         "index; padded with score 0 and class -1"
     )
+    purpose = (
+        "finds objects of {count} classes in {size} images, each as a box with its class and "
+        "score: {classes}"
+    )
 
     def __init__(
-        self, detector: str = "fcos", pyramid_channels: int = 256, score_threshold: float = 0.05
+        self,
+        detector: str = "fcos",
+        pyramid_channels: int = 256,
+        score_threshold: float = 0.05,
+        category_ids: Sequence[int] | None = None,
     ) -> None:
         if detector not in ("fcos", "retinanet"):
             raise TorsoError(f"detector must be fcos or retinanet, got {detector!r}")
         if not 0 <= score_threshold <= 1:
             raise TorsoError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if category_ids is not None:
+            if isinstance(category_ids, str | bytes) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in category_ids
+            ):
+                raise TorsoError(f"category_ids must be whole numbers, got {category_ids!r}")
+            if len(set(category_ids)) != len(category_ids):
+                raise TorsoError(f"category_ids must differ from each other, got {category_ids}")
+            category_ids = list(category_ids)
         super().__init__(
             detector=detector,
             pyramid_channels=int(pyramid_channels),
             score_threshold=float(score_threshold),
+            category_ids=category_ids,
         )
 
     # -- data --------------------------------------------------------------------------------
@@ -170,6 +142,15 @@ class DetectTask(Task):
         from torso.data.boxes import BoxTargets, has_boxes, read_boxes
 
         return DataLayout(read=read_boxes, targets=BoxTargets(), looks_like=has_boxes)
+
+    def with_data(self, data: Any) -> DetectTask:
+        """With `category_ids` from COCO training data (`data.class_ids`), so that `torso
+        predict` writes COCO's own ids and its results evaluate against the original
+        annotations."""
+        ids = getattr(data, "class_ids", None)
+        if ids is None or list(ids) == self.options["category_ids"]:
+            return self
+        return DetectTask(**{**self.options, "category_ids": list(ids)})
 
     # -- the model ---------------------------------------------------------------------------
     def build_model(self, config: RunConfig, *, pretrained: bool | str = False) -> nn.Module:
@@ -212,14 +193,14 @@ class DetectTask(Task):
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
         import importlib.util
 
-        from torchmetrics.detection import MeanAveragePrecision
+        from torso.tasks.metrics import MapValue
 
         if importlib.util.find_spec("pycocotools") is None:
             raise TorsoError(
                 "detection metrics need pycocotools: pip install 'torso[detect]' (or pycocotools)"
             )
         _, names = output_names(config)
-        shared = {"metric": MeanAveragePrecision(box_format="xyxy", class_metrics=True)}
+        shared: dict[str, Any] = {}
         metrics: dict[str, Metric] = {"map": MapValue(shared, "map", feeds=True)}
         metrics["map_50"] = MapValue(shared, "map_50")
         metrics["map_75"] = MapValue(shared, "map_75")
@@ -244,6 +225,8 @@ class DetectTask(Task):
         """Detections → `(N, D, 6)`: x0, y0, x1, y1, score, class index (see the module)."""
         if outputs.detections is None:
             raise TorsoError("detections are made in eval mode: call model.eval() first")
+        import torch
+
         rows = torch.zeros(len(outputs.detections), DETECTIONS_PER_IMAGE, 6)
         rows[:, :, 5] = -1
         for index, found in enumerate(outputs.detections):
@@ -282,6 +265,28 @@ class DetectTask(Task):
     def undo_flip(self, activations: torch.Tensor) -> torch.Tensor:
         raise TorsoError("test-time augmentation is not available for detection")
 
+    def serve_records(
+        self, predictor: Predictor, images: Sequence[torch.Tensor], *, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`describe`'s records, with the boxes in pixels of each image as it was given (the
+        inverse of the run's resize), not of the prepared image."""
+        config = predictor.config
+        activations = predictor.activations(list(images), batch_size=batch_size)
+        classes = config.class_names()
+        records = []
+        for image, rows in zip(images, activations, strict=True):
+            rows = self.kept(rows)
+            height, width = image.shape[-2:]
+            boxes = to_original(rows[:, :4], height, width, config.size[0], config.resize)
+            records.append(
+                {
+                    "boxes": [[round(v, 2) for v in box] for box in boxes.tolist()],
+                    "labels": [classes[int(label)] for label in rows[:, 5].tolist()],
+                    "scores": [round(s, 4) for s in rows[:, 4].tolist()],
+                }
+            )
+        return records
+
     # -- export ------------------------------------------------------------------------------
     def export_module(self, model: nn.Module) -> nn.Module:
         """The detector with its post-processing (score cut, NMS, top-k) and padding: images →
@@ -289,6 +294,10 @@ class DetectTask(Task):
         from torso.models.detection import PaddedDetectionModel
 
         return PaddedDetectionModel(model, DETECTIONS_PER_IMAGE)
+
+    def export_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The exported graph gives `activation`'s rows `(N, D, 6)` itself."""
+        return outputs.float()
 
     def export_difference(self, expected: torch.Tensor, produced: torch.Tensor) -> float:
         """Per image, each detection scoring at least `EXPORT_CHECK_SCORE` in one output is
@@ -330,10 +339,11 @@ class DetectTask(Task):
         overlays: Path | None = None,
     ) -> list[dict[str, Any]]:
         """`torso predict`: COCO *results* JSON, one record a box: `{"file_name", "category_id"
-        (the class's index in the run's classes), "category", "bbox": [x, y, w, h] in pixels
-        of the original image, "score"}`, boxes scoring at least `score_threshold`. With
-        `overlays`, each image is also written there as `<stem>_boxes.png` with its boxes drawn
-        and labelled (class and score)."""
+        (the class's COCO category id when the run was trained on COCO annotations, so the file
+        evaluates against them; else its index in the run's classes), "category", "bbox": [x,
+        y, w, h] in pixels of the original image, "score"}`, boxes scoring at least
+        `score_threshold`. With `overlays`, each image is also written there as
+        `<stem>_boxes.png` with its boxes drawn and labelled (class and score)."""
         from torso.data.decode import read_image
         from torso.files import atomic_write
 
@@ -341,6 +351,11 @@ class DetectTask(Task):
             raise TorsoError("--tta is not available for detection")
         config = predictor.config
         classes = config.class_names()
+        ids = self.options.get("category_ids") or list(range(len(classes)))
+        if len(ids) != len(classes):
+            raise TorsoError(
+                f"the run's category_ids ({len(ids)}) do not match its {len(classes)} classes"
+            )
         records: list[dict[str, Any]] = []
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
@@ -362,7 +377,7 @@ class DetectTask(Task):
                     records.append(
                         {
                             "file_name": Path(path).name,
-                            "category_id": int(label),
+                            "category_id": ids[int(label)],
                             "category": classes[int(label)],
                             "bbox": [
                                 round(x0, 2),
@@ -384,7 +399,6 @@ class DetectTask(Task):
         return records
 
     # -- the report --------------------------------------------------------------------------
-    @torch.no_grad()
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
         """A few validation images with their true boxes (green) and the predicted ones scoring
         at least `FIGURE_SCORE` (red)."""
@@ -432,6 +446,7 @@ def draw_boxes(image: torch.Tensor, boxes: list[list[float]], labels: list[str])
     `[x0, y0, x1, y1]` (pixels of that image) outlined and its label written above it."""
     import io
 
+    import torch
     from PIL import Image, ImageDraw
 
     pixels = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round()

@@ -5,18 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import Metric
-from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
-from torso.tasks.base import Task, TaskOption, output_names
-from torso.tasks.classify import class_probabilities
+from torso.tasks.base import ReportParts, Task, TaskOption, output_names
+from torso.tasks.classify import class_activation_maps, class_probabilities, class_rows
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
+
+
+#: The per-label scores of the report's table (torchmetrics.classification's classes, with
+#: `average="none"`; named, so that torchmetrics is imported only when a report is made).
+LABEL_SCORES = {
+    "precision": "MultilabelPrecision",
+    "recall": "MultilabelRecall",
+    "f1": "MultilabelF1Score",
+}
 
 
 class MultilabelTask(Task):
@@ -36,6 +43,11 @@ class MultilabelTask(Task):
     )
     output_meaning = "label scores (logits) (N, K); sigmoid gives probabilities"
     output_activation = "sigmoid"
+    serve_view = "labels"
+    purpose = (
+        "gives each {size} image any number of {count} labels (those whose probability "
+        "reaches the threshold): {classes}"
+    )
 
     def __init__(self, threshold: float = 0.5) -> None:
         if not 0 < threshold < 1:
@@ -53,6 +65,8 @@ class MultilabelTask(Task):
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         losses = F.binary_cross_entropy_with_logits(
             outputs.float(), targets.float(), reduction="none"
         )
@@ -61,6 +75,8 @@ class MultilabelTask(Task):
         return losses.mean() if reduction == "mean" else losses.sum()
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
+
         num_labels, _ = output_names(config)
         threshold = self.options["threshold"]
         return {
@@ -96,9 +112,19 @@ class MultilabelTask(Task):
             records.append(record)
         return records
 
-    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
-        """Each label's F1 at the run's threshold (`label_f1.png`) and the micro F1 over all
-        labels against the threshold (`threshold_f1.png`), over the validation set."""
+    def activation_maps(
+        self, model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Grad-CAM of each image's most probable label (or of `classes`)."""
+        return class_activation_maps(model, images, classes)
+
+    def report_parts(self, predictor: Predictor, loader: Any, folder: Path) -> ReportParts:
+        """Over the validation set: each label's F1 at the run's threshold (`label_f1.png`),
+        the micro F1 over all labels against the threshold (`threshold_f1.png`), and the
+        precision, recall and F1 of each label at the threshold (a table)."""
+        import torch
+        import torchmetrics.classification
+
         from torso import plots
 
         predictions = predictor.get_preds(loader)
@@ -109,7 +135,7 @@ class MultilabelTask(Task):
         per_label = f1_scores(probabilities >= threshold, truth, dim=0)
         thresholds = torch.linspace(0.05, 0.95, 19)
         micro = torch.stack([f1_scores(probabilities >= t, truth, dim=None) for t in thresholds])
-        return [
+        figures = [
             plots.plot_class_bars(
                 per_label,
                 names,
@@ -121,12 +147,26 @@ class MultilabelTask(Task):
                 thresholds, micro, threshold, folder / "threshold_f1.png", label="micro F1"
             ),
         ]
+        scores = {
+            name: getattr(torchmetrics.classification, metric)(
+                len(names), threshold=threshold, average="none"
+            )(probabilities, truth.long())
+            for name, metric in LABEL_SCORES.items()
+        }
+        table = class_rows(names, scores, truth.sum(dim=0))
+        return ReportParts(figures=figures, tables={"per label": table})
+
+    def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
+        """`report_parts`'s figures."""
+        return self.report_parts(predictor, loader, folder).figures
 
 
 def f1_scores(predicted: torch.Tensor, truth: torch.Tensor, dim: int | None) -> torch.Tensor:
     """F1 of boolean predictions `(N, K)` against boolean truth `(N, K)`: per label over the
     samples (`dim=0`, NaN for a label neither predicted nor present), or over every entry
     together (micro, `dim=None`; 0 when nothing is predicted or present)."""
+    import torch
+
     sum_ = (lambda t: t.sum(dim=dim)) if dim is not None else (lambda t: t.sum())
     overlap = sum_(predicted & truth).double()
     total = sum_(predicted).double() + sum_(truth).double()

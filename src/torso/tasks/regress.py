@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
-
 from torso.config import RunConfig
 from torso.errors import TorsoError
 from torso.tasks.base import Task, TaskOption
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
-LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+#: The losses, by name: functions of `torch.nn.functional`.
+LOSSES = {"mse": "mse_loss", "l1": "l1_loss"}
 
 
 class RegressTask(Task):
@@ -39,6 +39,8 @@ class RegressTask(Task):
         ),
     )
     output_meaning = "values (N, T)"
+    serve_view = "values"
+    purpose = "predicts {count} number(s) for each {size} image"
 
     def __init__(self, loss: str = "mse", y_range: tuple[float, float] | None = None) -> None:
         if loss not in LOSSES:
@@ -66,14 +68,19 @@ class RegressTask(Task):
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         outputs = outputs.float()
         targets = targets.float().reshape(outputs.shape)
-        losses = LOSSES[self.options["loss"]](outputs, targets, reduction="none")
+        loss = getattr(F, LOSSES[self.options["loss"]])
+        losses = loss(outputs, targets, reduction="none")
         if reduction == "none":
             return losses.reshape(len(losses), -1).mean(dim=1)
         return losses.mean() if reduction == "mean" else losses.sum()
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics import MeanAbsoluteError, MeanSquaredError
+
         return {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)}
 
     def metric_inputs(

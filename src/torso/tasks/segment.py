@@ -23,22 +23,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchmetrics import Metric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-)
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
+from torso.files import unique_stems
 from torso.tasks.base import Task, TaskOption, output_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 #: Validation images the report shows as image | truth | prediction.
@@ -105,6 +99,9 @@ def soft_dice_loss(
     scores: logits `(N, K, H, W)`; targets: class ids `(N, H, W)`. Returns a scalar over the
     whole batch, or `(N,)` with `per_sample`.
     """
+    import torch
+    import torch.nn.functional as F
+
     probabilities = scores.softmax(dim=1)
     valid = (targets != ignore_index).unsqueeze(1)
     truth = F.one_hot(torch.where(valid[:, 0], targets, 0), scores.shape[1]).permute(0, 3, 1, 2)
@@ -115,39 +112,6 @@ def soft_dice_loss(
     total = probabilities.sum(dims) + truth.sum(dims)
     dice = (2 * overlap + DICE_SMOOTHING) / (total + DICE_SMOOTHING)
     return 1 - dice.mean(dim=-1)
-
-
-class ForegroundDice(Metric):
-    """Dice averaged over the classes after the first (the background), over all pixels of
-    all updates together; void pixels (`ignore_index`) left out, and classes absent from both
-    the truth and the prediction (0 when every foreground class is).
-
-    `update(predictions, targets)` takes class ids of the same shape, e.g. `(N, H, W)`.
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int, ignore_index: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        for name in ("overlap", "predicted", "actual"):
-            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        valid = targets != self.ignore_index
-        predicted, actual = predictions[valid].long(), targets[valid].long()
-        count = self.num_classes
-        self.overlap += torch.bincount(actual[predicted == actual], minlength=count)[:count]
-        self.predicted += torch.bincount(predicted, minlength=count)[:count]
-        self.actual += torch.bincount(actual, minlength=count)[:count]
-
-    def compute(self) -> torch.Tensor:
-        total = (self.predicted + self.actual)[1:].double()
-        present = total > 0
-        if not present.any():
-            return torch.tensor(0.0)
-        dice = 2 * self.overlap[1:].double()[present] / total[present]
-        return dice.mean().float()
 
 
 class SegmentTask(Task):
@@ -201,7 +165,9 @@ class SegmentTask(Task):
         TaskOption("self_attention", bool, False, "a self-attention layer in the decoder"),
     )
     output_meaning = "class scores (logits) per pixel (N, K, H, W); softmax over K"
+    purpose = "assigns each pixel of {size} images one of {count} classes: {classes}"
     output_activation = "softmax"
+    serve_view = "mask"
 
     def __init__(
         self,
@@ -326,6 +292,8 @@ class SegmentTask(Task):
         `outputs (N, K, H, W)`, `targets (N, H, W)`; `reduction="none"` gives one value per image
         (its own non-void pixels), `"sum"` the sum of those.
         """
+        import torch.nn.functional as F
+
         if outputs.ndim != 4 or targets.shape != outputs.shape[:1] + outputs.shape[2:]:
             raise TorsoError(
                 f"segmentation outputs (N, K, H, W) and masks (N, H, W) do not match: "
@@ -349,6 +317,14 @@ class SegmentTask(Task):
         return losses.sum() if reduction == "sum" else losses
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassF1Score,
+            MulticlassJaccardIndex,
+        )
+
+        from torso.tasks.metrics import ForegroundDice
+
         num_classes, names = output_names(config)
         ignore_index = self.options["ignore_index"]
         common = {"num_classes": num_classes, "ignore_index": ignore_index, "validate_args": False}
@@ -418,6 +394,15 @@ class SegmentTask(Task):
         """Per-pixel probabilities of a mirrored image, mirrored back: `(N, K, H, W)`."""
         return activations.flip(-1)
 
+    def serve_records(
+        self, predictor: Predictor, images: Sequence[torch.Tensor], *, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """`predict_records` with each mask as a PNG: `{"mask": {"encoding": "png", "width",
+        "height", "data": base64 of a single-channel 8-bit PNG whose pixel values are the class
+        ids (255 where the model did not see the image)}, "classes": [...], "shares": {...}}`."""
+        records = self.predict_records(predictor, list(images), batch_size=batch_size)
+        return [{**record, "mask": mask_png(record["mask"])} for record in records]
+
     # -- export ------------------------------------------------------------------------------
     def export_details(self, config: RunConfig) -> dict[str, Any]:
         return {"ignore_index": self.options["ignore_index"]}
@@ -437,6 +422,8 @@ class SegmentTask(Task):
         whose pixel values are the class ids, at the image's own size) and `photo_overlay.png`
         (the image with the classes' colours blended in); and `predictions.csv`: each file, its
         mask and the share of its pixels given to each class. Returns those rows."""
+        import numpy as np
+
         if overlays is not None:
             raise TorsoError("--overlays: a segmentation run writes its overlays into --out")
         from torso.data.decode import read_pil
@@ -452,7 +439,7 @@ class SegmentTask(Task):
         num_classes, classes = output_names(predictor.config)
         records: list[dict[str, Any]] = []
         rows: list[list[str]] = []
-        stems = _unique_stems(paths)
+        stems = unique_stems(paths)
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
             masks = predict_masks(predictor, chunk, tta=tta, batch_size=batch_size)
@@ -482,31 +469,66 @@ class SegmentTask(Task):
 
     # -- the report --------------------------------------------------------------------------
     def report_figures(self, predictor: Predictor, loader: Any, folder: Path) -> list[Path]:
-        """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images."""
+        """Image | truth | prediction for the first `SEGMENTATION_SAMPLES` validation images
+        (`segmentation.png`), and for the `SEGMENTATION_SAMPLES` of lowest Dice
+        (`image_dice`), lowest first (`worst_dice.png`)."""
+        import torch
+
         from torso import plots
 
-        images, truths, count = [], [], 0
+        classes = predictor.config.class_names()
+        shown: list[tuple[torch.Tensor, ...]] = []
+        worst: tuple[torch.Tensor, ...] | None = None
         for x, y in loader:
             if not isinstance(x, torch.Tensor):
                 return []
-            images.append(x.cpu())
-            truths.append(y.cpu())
-            count += len(x)
-            if count >= SEGMENTATION_SAMPLES:
-                break
-        if not images:
+            images, truths = x.float().cpu(), y.cpu().reshape(len(x), *x.shape[-2:])
+            predicted = self.decode(predictor.activations(images))
+            if sum(len(part[0]) for part in shown) < SEGMENTATION_SAMPLES:
+                shown.append((images, truths, predicted))
+            dice = image_dice(predicted, truths, len(classes), self.options["ignore_index"])
+            worst = lowest(worst, (images, truths, predicted, dice), SEGMENTATION_SAMPLES)
+        if worst is None:
             return []
-        batch = torch.cat(images)[:SEGMENTATION_SAMPLES]
-        targets = torch.cat(truths)[:SEGMENTATION_SAMPLES]
-        activations = predictor.activations(batch)
-        figure = plots.plot_segmentation(
-            batch,
-            targets,
-            self.decode(activations),
-            predictor.config.class_names(),
-            folder / "segmentation.png",
-        )
-        return [figure]
+        first = [torch.cat(parts)[:SEGMENTATION_SAMPLES] for parts in zip(*shown, strict=True)]
+        notes = [f"Dice {value:.3f}" for value in worst[3].tolist()]
+        return [
+            plots.plot_segmentation(*first, classes, folder / "segmentation.png"),
+            plots.plot_segmentation(*worst[:3], classes, folder / "worst_dice.png", notes=notes),
+        ]
+
+
+def image_dice(
+    predicted: torch.Tensor, truth: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """The Dice of each image `(N,)`: 2|P∩T| / (|P| + |T|) of each class, averaged over the
+    classes in the image's truth or prediction; void pixels left out, 1 for an image whose
+    pixels are all void. predicted, truth: class ids `(N, H, W)`."""
+    import torch
+    import torch.nn.functional as F
+
+    valid = (truth != ignore_index).unsqueeze(-1)
+    truth_ids = torch.where(valid[..., 0], truth, 0).long()
+    guessed = F.one_hot(predicted.long(), num_classes).bool() & valid
+    actual = F.one_hot(truth_ids, num_classes).bool() & valid
+    overlap = (guessed & actual).sum(dim=(1, 2)).double()
+    total = (guessed.sum(dim=(1, 2)) + actual.sum(dim=(1, 2))).double()
+    present = total > 0
+    per_class = torch.where(present, 2 * overlap / total.clamp(min=1), 0.0)
+    dice = per_class.sum(dim=1) / present.sum(dim=1).clamp(min=1)
+    return torch.where(present.any(dim=1), dice, 1.0).float()
+
+
+def lowest(
+    kept: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...], count: int
+) -> tuple[torch.Tensor, ...]:
+    """The `count` samples of lowest score among `kept` and `new` (tensors of the same
+    length, the score last), lowest first: the report keeps a few images, never all."""
+    import torch
+
+    merged = new if kept is None else tuple(torch.cat(pair) for pair in zip(kept, new, strict=True))
+    order = torch.argsort(merged[-1], stable=True)[:count]
+    return tuple(part[order] for part in merged)
 
 
 def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
@@ -514,6 +536,9 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     where the model did not see the image: `resize="crop"`'s cut-off sides), "classes": the
     class names, whose positions are the ids, "shares": {class name: share of the pixels}}`
     (shares of the pixels that have a class, rounded to 6 digits)."""
+    import numpy as np
+    import torch
+
     values = mask.to(torch.uint8).numpy()
     counts = np.bincount(values.reshape(-1), minlength=256)[: len(classes)]
     total = max(int(counts.sum()), 1)
@@ -523,8 +548,25 @@ def mask_record(mask: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
     return {"mask": values, "classes": list(classes), "shares": shares}
 
 
+def mask_png(mask: Any) -> dict[str, Any]:
+    """A uint8 mask `(H, W)` (numpy) of class ids as JSON: `{"encoding": "png", "width", "height",
+    "data": the base64 text of a single-channel 8-bit PNG whose pixel values are the ids}`."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(buffer, "PNG")
+    height, width = mask.shape
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"encoding": "png", "width": int(width), "height": int(height), "data": data}
+
+
 def _image_list(images: Any) -> list[Any]:
     """What `prepare_images` takes (one image, a list of them, a batch tensor) as a list."""
+    import torch
+
     from torso.data.prepare import ImageInput
 
     if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -536,6 +578,8 @@ def _image_list(images: Any) -> list[Any]:
 
 def _decoded(image: Any, in_channels: int) -> tuple[Any, tuple[int, int]]:
     """An image to prepare (a file is read once here) and its own `(height, width)`."""
+    import numpy as np
+    import torch
     from PIL import Image
 
     from torso.data.decode import read_image
@@ -550,49 +594,20 @@ def _decoded(image: Any, in_channels: int) -> tuple[Any, tuple[int, int]]:
     return image, (0, 0)  # not an image: prepare_images says what is wrong with it
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems for the outputs, made unique when two inputs share one (`a/x.png`, `b/x.png`)."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = Path(path).stem
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        stems.append(stem if count == 0 else f"{stem}-{count + 1}")
-    return stems
-
-
 def _original_size_mask(
     mask: torch.Tensor, height: int, width: int, resize: str, ignore_index: int
 ) -> torch.Tensor:
     """Undo `torso.data.transforms.resize_square` on a predicted `(S, S)` mask: the mask of the
     original `height`×`width` image (nearest). Parts of the image the model did not see (cut off
     by `resize="crop"`) get `ignore_index`."""
-    size = mask.shape[-1]
-    if resize == "crop":
-        # The image was scaled so its short side is `size`, then its centre cut out (torchvision
-        # rounds the offsets): put the mask back in the middle, void around it.
-        scale = size / min(height, width)
-        scaled = (max(size, round(height * scale)), max(size, round(width * scale)))
-        top, left = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
-        region = torch.full(scaled, ignore_index, dtype=mask.dtype)
-        region[top : top + size, left : left + size] = mask
-    elif resize == "pad":
-        # The image was scaled so its long side is `size`, then padded around: cut the pad off.
-        scale = size / max(height, width)
-        scaled = (
-            max(1, min(size, round(height * scale))),
-            max(1, min(size, round(width * scale))),
-        )
-        top, left = (size - scaled[0]) // 2, (size - scaled[1]) // 2
-        region = mask[top : top + scaled[0], left : left + scaled[1]]
-    else:
-        region = mask
-    resized = F.interpolate(region[None, None].float(), size=(height, width), mode="nearest-exact")
-    return resized[0, 0].to(torch.uint8)
+    import torch
+
+    from torso.data.transforms import undo_resize_square
+
+    back = undo_resize_square(mask, height, width, resize, fill=ignore_index, mode="nearest-exact")
+    return back.to(torch.uint8)
 
 
-@torch.no_grad()
 def predict_masks(
     predictor: Predictor,
     paths: Sequence[Any],

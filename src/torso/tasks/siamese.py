@@ -11,17 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
-
 from torso.config import RunConfig, as_run_config
 from torso.errors import TorsoError
 from torso.tasks.base import Task, refuse_overlays
 from torso.tasks.classify import LABEL_SMOOTHING, cross_entropy
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+    from torchmetrics import Metric
+
     from torso.predictor import Predictor
 
 PAIR_CLASSES = ("different", "same")
@@ -41,7 +40,9 @@ class SiameseTask(Task):
     images_per_sample = 2
     input_names = ("images_a", "images_b")
     output_meaning = "scores (logits) (N, 2) for (different, same); softmax gives probabilities"
+    purpose = "tells whether two {size} images show the same class"
     output_activation = "softmax"
+    serve_view = "pair"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0 <= label_smoothing < 1:
@@ -79,6 +80,8 @@ class SiameseTask(Task):
         return cross_entropy(outputs, targets, self.options["label_smoothing"], reduction)
 
     def metrics(self, config: RunConfig) -> dict[str, Metric]:
+        from torchmetrics.classification import MulticlassAccuracy
+
         return {
             "accuracy": MulticlassAccuracy(2, average="micro"),
             "error_rate": 1 - MulticlassAccuracy(2, average="micro"),

@@ -1,12 +1,14 @@
-"""The report of a training run: the plots of a Learner's results and `report.html`.
+"""The report of a training run: the plots of a Learner's results, `report.html` and `card.md`.
 
 Glue between the Learner (which has the history, the model and the validation loader) and
 `torso.plots` (which draws plain data). Writes into the run folder: `losses.png` (the epochs
 that trained the head only shaded, the best epoch marked), the task's own figures
-(`Task.report_figures`: confusion matrix and top losses for single-label classification, F1
-per label and against the threshold for multi-label, predicted against true values for
-regression, same/different probabilities for Siamese pairs, image | truth | prediction for
-segmentation) and `report.html` with them, the run's settings (from `train_args.json` when
+(`Task.report_parts`: confusion matrix, top losses with their class activation maps, a
+per-class precision / recall / F1 table and the most confused pairs for single-label
+classification; F1 per label and against the threshold and a per-label table for multi-label;
+predicted against true values for regression; same/different probabilities for Siamese pairs;
+image | truth | prediction, and the images of lowest Dice, for segmentation) and `report.html`
+with them and the tables, the run's settings (from `train_args.json` when
 `torso train` wrote one, the data's counts, training time, date and device), the lr_find curve
 when there is one, the model summary and the config.
 """
@@ -63,13 +65,18 @@ def write_run_report(
     *,
     title: str,
     lr_curve: LRFindResult | None = None,
+    command: str | None = None,
 ) -> Path:
-    """Write the plots and `folder/report.html` for `learner`'s run; returns the report's path.
+    """Write the plots, `folder/report.html` and the model card `folder/card.md`
+    (`torso.tools.card`) for `learner`'s run; returns the report's path.
 
-    The task's figures measure the learner's model on its validation loader through a
-    `torso.predictor.Predictor` (under torchrun a shared loader is gathered).
+    The task's figures and tables (`Task.report_parts`) measure the learner's model on its
+    validation loader through a `torso.predictor.Predictor` (under torchrun a shared loader
+    is gathered). `command`: the `torso train` command of the run, shown in both.
     """
     from torso.predictor import Predictor
+    from torso.tasks.base import ReportParts
+    from torso.tools.card import write_model_card
 
     folder = Path(folder)
     config = as_run_config(learner.config, where="the run's config")
@@ -88,14 +95,22 @@ def write_run_report(
                 lr_curve.lrs, lr_curve.losses, lr_curve.suggestion, folder / "lr_find.png"
             )
         )
+    parts = ReportParts()
     if learner.valid_loader is not None:
         predictor = Predictor(learner.model, learner.task, config)
-        images.extend(learner.task.report_figures(predictor, learner.valid_loader, folder))
+        parts = learner.task.report_parts(predictor, learner.valid_loader, folder)
+    images.extend(parts.figures)
     final: dict[str, Any] = {
         k: v
         for k, v in (learner.history[-1] if learner.history else {}).items()
         if k not in ("epoch", "time")
     }
+    settings = run_settings(learner, config, folder)
+    if command:
+        settings["command"] = command
+    write_model_card(
+        learner, folder, config, settings=settings, tables=parts.tables, best=best, command=command
+    )
     return report.write_report(
         folder,
         title=title,
@@ -104,9 +119,10 @@ def write_run_report(
         history=learner.history,
         images=images,
         config=config.to_dict(),
-        settings=run_settings(learner, config, folder),
+        settings=settings,
         frozen_epochs=frozen,
         best_epoch=best,
+        tables=parts.tables,
     )
 
 
@@ -169,6 +185,10 @@ def run_settings(learner: Learner, config: RunConfig, folder: Path) -> dict[str,
     if "no_augment" in arguments:
         settings["augmentation"] = "off" if arguments["no_augment"] else "on"
     settings["image size"] = f"{config.size[0]}x{config.size[1]}, resize {config.resize}"
+    settings["precision"] = {"no": "float32"}.get(learner.mixed_precision, learner.mixed_precision)
+    settings["weight decay"] = learner.weight_decay
+    if "seed" in arguments:
+        settings["seed"] = arguments["seed"]
     unit = "pairs" if learner.task.images_per_sample == 2 else "images"
     for loader, name in ((learner.train_loader, "training"), (learner.valid_loader, "validation")):
         count = _length(getattr(loader, "dataset", None))

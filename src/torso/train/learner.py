@@ -348,12 +348,12 @@ class Learner:
 
     def get_preds(
         self, loader: Iterable | None = None, *, with_loss: bool = False, with_inputs: bool = False
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """`Predictor.get_preds` over `loader` (default: the validation loader)."""
         batches = self._batches(loader)
         return self.predictor().get_preds(batches, with_loss=with_loss, with_inputs=with_inputs)
 
-    def tta(self, loader: Iterable | None = None) -> dict[str, torch.Tensor]:
+    def tta(self, loader: Iterable | None = None) -> dict[str, Any]:
         """`Predictor.tta` over `loader` (default: the validation loader)."""
         return self.predictor().tta(self._batches(loader))
 
