@@ -28,22 +28,26 @@ its final model on one shared tensor of the validation images (resized once, bil
 preprocessing differences do not count), and wall time: setup (loaders and model), training
 (`fine_tune`, validation after each epoch included, as both do) and the total, and the CPU
 seconds of the process and its loader workers (steadier than wall time on a shared machine;
-`user + system`, all threads). `--rounds` runs
-the pair several times, alternating which library goes first; the table shows every run and the
-ratios torso / fastai of the medians. fastai rows need `pip install fastai`.
+`user + system`, all threads). `--rounds` runs the pair several times, interleaved by
+benchmarks/harness.py (the order rotates each round); the table shows every run, and the
+per-round differences (accuracy) and ratios (speed) by their median and min-max. fastai runs
+need `pip install fastai`; without it the script says so and runs torso alone.
 
-    python benchmarks/accuracy.py                          # the recipe of the README numbers
-    python benchmarks/accuracy.py --libraries fastai torso --rounds 2   # fastai first
-    python benchmarks/accuracy.py --libraries torso --train-per-class 50   # a quick look
+    python benchmarks/accuracy.py                          # the standard recipe, one round each
+    python benchmarks/accuracy.py --rounds 3
+    python benchmarks/accuracy.py --contenders torso --train-per-class 50   # a quick look
+    python benchmarks/accuracy.py --quick
+
+If the comparison were unfair the table would show it: a library starting from other weights
+fails the equal-start check; one run always first would carry the machine's warm-up or drift,
+which the rotating order spreads over both.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import random
-import resource
 import statistics
 import struct
 import sys
@@ -53,12 +57,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from rich.console import Console
-from rich.table import Table
 
 from torso.data.demo import FASHION_CLASSES
 from torso.errors import TorsoError
@@ -163,12 +166,8 @@ def shared_accuracy(
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the loaders' workers) so far."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+    """CPU time of this process and its children (the loaders' workers) so far."""
+    return harness.Clock().cpu()
 
 
 def seed_everything(seed: int) -> None:
@@ -269,7 +268,7 @@ def run_fastai(args, folder: Path, shared, weights: Path, expected: dict[str, to
         pretrained_cfg_overlay={"file": str(weights)},
     )
     learn.remove_cb(ProgressCallback)
-    checked = check_same_start(learn.model.body.model.state_dict(), expected)
+    checked = check_same_start(learn.model[0].model.state_dict(), expected)
     print(f"fastai's body starts from torso's pretrained body: {checked} tensors equal")
     ready = time.perf_counter()
     with learn.no_logging():
@@ -278,7 +277,7 @@ def run_fastai(args, folder: Path, shared, weights: Path, expected: dict[str, to
     final = float(learn.recorder.values[-1][-1])
     images, labels = shared
     model = learn.model.cpu()
-    config = learn.model.body.model.pretrained_cfg
+    config = learn.model[0].model.pretrained_cfg
     mean, std = (torch.tensor(config[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
     result = Result(
         "fastai",
@@ -314,94 +313,60 @@ def check_same_start(
 
 
 # -- the table ---------------------------------------------------------------------------------
-def show(results: list[Result], args, console: Console) -> None:
-    table = Table(
-        title=(
-            f"{BACKBONE} (ImageNet), Fashion-MNIST {10 * args.train_per_class} train / "
-            f"{10 * args.valid_per_class} valid, {args.size} px, batch {args.batch_size}, "
-            f"fine_tune({args.epochs}, {args.lr}, freeze_epochs={args.freeze_epochs})"
-        )
-    )
-    for column in ("library", "round", "accuracy", "shared-tensor acc.", "setup s", "train s"):
-        table.add_column(column, justify="left" if column == "library" else "right")
-    table.add_column("total s", justify="right")
-    table.add_column("CPU s", justify="right")
-    for r in results:
-        table.add_row(
+def show(results: list[Result], measured: harness.Measurement, args) -> str:
+    """Every run, the medians, and the per-round ratios torso / fastai (harness.py)."""
+    columns = ["library", "round", "accuracy", "shared-tensor acc.", "setup s", "train s"]
+    columns += ["total s", "CPU s"]
+    rows = [
+        [
             r.library,
-            str(r.round),
+            r.round,
             f"{r.accuracy:.4f}",
             f"{r.shared_accuracy:.4f}",
             f"{r.setup_seconds:.1f}",
             f"{r.train_seconds:.1f}",
             f"{r.total_seconds:.1f}",
             f"{r.cpu_seconds:.1f}",
-        )
-    medians = {}
-    for library in ("torso", "fastai"):
-        rows = [r for r in results if r.library == library]
-        if rows:
-            medians[library] = {
-                field: statistics.median(getattr(r, field) for r in rows)
-                for field in (
-                    "accuracy",
-                    "shared_accuracy",
-                    "setup_seconds",
-                    "train_seconds",
-                    "total_seconds",
-                    "cpu_seconds",
-                )
-            }
-            m = medians[library]
-            table.add_row(
-                f"{library} median",
-                "",
-                f"{m['accuracy']:.4f}",
-                f"{m['shared_accuracy']:.4f}",
-                f"{m['setup_seconds']:.1f}",
-                f"{m['train_seconds']:.1f}",
-                f"{m['total_seconds']:.1f}",
-                f"{m['cpu_seconds']:.1f}",
-                style="bold",
-            )
-    if len(medians) == 2:
-        t, f = medians["torso"], medians["fastai"]
-        table.add_row(
-            "torso / fastai",
-            "",
-            f"{t['accuracy'] - f['accuracy']:+.4f}",
-            f"{t['shared_accuracy'] - f['shared_accuracy']:+.4f}",
-            f"{t['setup_seconds'] / f['setup_seconds']:.2f}x",
-            f"{t['train_seconds'] / f['train_seconds']:.2f}x",
-            f"{t['total_seconds'] / f['total_seconds']:.2f}x",
-            f"{t['cpu_seconds'] / f['cpu_seconds']:.2f}x",
-            style="bold",
-        )
-    console.print(table)
-    if len(medians) == 2:
-        accuracy_met = t["accuracy"] >= f["accuracy"]
-        time_met = t["total_seconds"] <= 0.7 * f["total_seconds"]
-        console.print(
-            "last row: accuracy as torso minus fastai, times as torso / fastai. Targets: "
-            f"accuracy >= fastai's ({'met' if accuracy_met else 'missed'}), "
-            f"total time <= 0.7x fastai's ({'met' if time_met else 'missed'})"
-        )
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
+        ]
+        for r in results
+    ]
+    title = (
+        f"{BACKBONE} (ImageNet), Fashion-MNIST {10 * args.train_per_class} train / "
+        f"{10 * args.valid_per_class} valid, {args.size} px, batch {args.batch_size}, "
+        f"fine_tune({args.epochs}, {args.lr}, freeze_epochs={args.freeze_epochs})"
+    )
+    parts = [f"{title}:", harness.markdown_table(columns, rows)]
+    by_library = {
+        library: [r for r in results if r.library == library] for library in measured.names
+    }
+    if len(by_library) == 2:
+        torso, fastai = by_library["torso"], by_library["fastai"]
+        accuracy = [t.accuracy - f.accuracy for t, f in zip(torso, fastai, strict=True)]
+        shared = [t.shared_accuracy - f.shared_accuracy for t, f in zip(torso, fastai, strict=True)]
+        # Both train the same images, so the ratio of rates is fastai's time over torso's.
+        speed = harness.summarize(measured.ratios("torso", "fastai"))
+        cpu = harness.summarize(measured.ratios("torso", "fastai", cpu=True))
+        accuracy_met = statistics.median(accuracy) >= 0
+        time_met = speed.median >= 1 / 0.7
+        summary = [
+            ["accuracy, torso - fastai", harness.summarize(accuracy).text(4, ""),
+             ">= 0: " + ("met" if accuracy_met else "MISSED")],
+            ["shared-tensor accuracy, torso - fastai", harness.summarize(shared).text(4, ""), "-"],
+            ["speed (whole run), torso / fastai, wall", speed.text(),
+             ">= 1.43x (time <= 0.7x): " + ("met" if time_met else "MISSED")],
+            ["speed (whole run), torso / fastai, CPU", cpu.text(), "-"],
+        ]  # fmt: skip
+        parts.append(harness.markdown_table(["per round", "median (min-max)", "target"], summary))
+    return "\n\n".join(parts)
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_arguments(parser, rounds=1)
     parser.add_argument("--data-dir", type=Path, default=DEBIAN_FOLDER, help="idx .gz files")
     parser.add_argument(
         "--work", type=Path, help="folder for the PNG subset (default: a temporary folder)"
     )
-    parser.add_argument("--libraries", nargs="+", default=["torso", "fastai"])
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--valid-per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=64)
@@ -409,25 +374,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="unfrozen epochs of fine_tune")
     parser.add_argument("--freeze-epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=4e-3, help="fine_tune's base_lr")
-    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_per_class, args.valid_per_class, args.size = 4, 2, 32
+        args.batch_size, args.epochs, args.freeze_epochs = 8, 1, 0
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    console = Console()
-    unknown = set(args.libraries) - {"torso", "fastai"}
-    if unknown:
-        console.print(f"unknown libraries: {', '.join(sorted(unknown))} (torso, fastai)")
-        return 2
-    libraries = list(dict.fromkeys(args.libraries))
-    if "fastai" in libraries:
-        try:
-            import fastai  # noqa: F401
-        except ImportError:
-            console.print("fastai is not installed (pip install fastai): torso only")
-            libraries.remove("fastai")
+    harness.start(args)
+    libraries = [name for name in ("torso", "fastai") if harness.wanted(args, name)]
+    if "fastai" in libraries and not harness.optional("fastai", "the fastai run"):
+        libraries.remove("fastai")
     with tempfile.TemporaryDirectory(prefix="torso-accuracy-") as scratch:
         folder = args.work or Path(scratch) / "fashion-mnist"
         try:
@@ -435,33 +395,39 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_dir, folder, args.train_per_class, args.valid_per_class, args.seed
             )
         except TorsoError as error:
-            console.print(f"error: {error}")
+            print(f"error: {error}")
             return 1
         shared = shared_validation_tensor(folder, args.size)
         weights = Path(scratch) / f"{BACKBONE}.safetensors"
         expected = torso_start_weights()
         if "fastai" in libraries:
             write_fastai_weights(weights)
-        console.print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{os.cpu_count()} CPUs, load average {load_average()}; data in {folder}"
-        )
-        results = []
-        for round_number in range(1, args.rounds + 1):
-            order = libraries if round_number % 2 else libraries[::-1]
-            for library in order:
+        results: list[Result] = []
+        images = 10 * args.train_per_class * (args.freeze_epochs + args.epochs)
+
+        def run(library: str):
+            def block() -> int:
                 if library == "torso":
                     result = run_torso(args, folder, shared)
                 else:
                     result = run_fastai(args, folder, shared, weights, expected)
-                result.round = round_number
+                result.round = 1 + sum(r.library == library for r in results)
                 results.append(result)
-                console.print(
-                    f"round {round_number} {library}: accuracy {result.accuracy:.4f}, "
-                    f"{result.total_seconds:.1f} s, {result.parameters:,} parameters "
-                    f"(load average {load_average()})"
-                )
-        show(results, args, console)
+                return images
+
+            return block
+
+        contenders = [harness.Contender(name, run(name)) for name in libraries]
+        head = harness.header(
+            "Accuracy and time against fastai",
+            data=f"PNG subset in {folder}",
+            loader_workers="each library's default",
+            rounds=args.rounds,
+        )
+        print(head)
+        measured = harness.measure(contenders, args.rounds, warmup=0)
+        text = "\n\n".join([head, show(results, measured, args), harness.footer()])
+    harness.publish(args, text)
     return 0
 
 

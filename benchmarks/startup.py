@@ -5,7 +5,8 @@ prediction's time spent importing modules and the share spent in the model.
 Every case runs in a fresh interpreter (a subprocess), `--rounds` times, the cases interleaved
 (round 1: every case, round 2: every case, ...) so that a busy spell of the machine falls on
 all of them alike; the table gives each case's median and min–max wall time, next to the time
-of an interpreter that does nothing (`python -c pass`).
+of an interpreter that does nothing (`python -c pass`). The rounds are benchmarks/harness.py's
+(the order rotating each round, an untimed warm-up round first).
 
 `torso predict` is run twice a round: as is (its wall time) and once more under
 `python -X importtime` with `Predictor`'s forward pass timed, which gives the seconds spent in
@@ -16,6 +17,7 @@ temporary folder.
 
     .venv/bin/python benchmarks/startup.py                     # 5 rounds, 10 images
     .venv/bin/python benchmarks/startup.py --rounds 9 --images 32 --backbone resnet50
+    .venv/bin/python benchmarks/startup.py --quick
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import harness
 
 #: Runs in the predicting subprocess: times `torso predict` from the start of the interpreter's
 #: work and the seconds spent inside the model's forward passes, and prints both as JSON.
@@ -100,17 +104,20 @@ def import_seconds(importtime: str) -> float:
     return total / 1e6
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):7.3f}  {min(values):6.3f}–{max(values):.3f}"
+def spread(values: list[float], digits: int = 3) -> str:
+    return harness.summarize(values).text(digits, "")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="repetitions of every case (5)")
+    harness.add_arguments(parser, rounds=5)
     parser.add_argument("--images", type=int, default=10, help="images to predict (10)")
     parser.add_argument("--backbone", default="resnet18", help="the run's backbone (resnet18)")
     parser.add_argument("--size", type=int, default=224, help="the run's image size (224)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.warmup, args.images = 1, 0, 2
+        args.backbone, args.size = "test_resnet", 32
 
     python = sys.executable
     torso = [python, "-m", "torso"]
@@ -125,36 +132,53 @@ def main() -> None:
             f"torso predict ({args.images} images)": [*torso, "predict", str(run), str(images)],
         }
         probe = [python, "-X", "importtime", "-c", PREDICT_PROBE, "predict", str(run), str(images)]
-        wall: dict[str, list[float]] = {name: [] for name in cases}
         probed: list[dict[str, float]] = []
-        for _ in range(args.rounds):
-            for name, command in cases.items():
-                wall[name].append(timed(command)[0])
+
+        def case(command: list[str]):
+            def block() -> int:
+                timed(command)
+                return 1
+
+            return block
+
+        def probe_block() -> int:
             _, result = timed(probe)
             line = [x for x in result.stderr.splitlines() if x.startswith("PROBE ")][-1]
             found = json.loads(line[len("PROBE ") :])
             found["imports"] = import_seconds(result.stderr)
             probed.append(found)
+            return 1
 
-    print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch threads in predict: "
-        f"{probed[0]['threads']}; {args.rounds} rounds, interleaved; "
-        f"run: {args.backbone} at {args.size} px"
+        contenders = [harness.Contender(name, case(command)) for name, command in cases.items()]
+        contenders.append(harness.Contender("torso predict, -X importtime", probe_block))
+        title = (
+            f"Start-up: each case in a fresh interpreter; run: {args.backbone} at {args.size} px"
+        )
+        head = harness.header(
+            title,
+            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "unset"),
+            rounds=args.rounds,
+        )
+        print(head)
+        measured = harness.measure(contenders, args.rounds, warmup=args.warmup)
+    timed_probes = probed[-args.rounds :]  # the warm-up's probe is not counted
+    rows = [[name, spread([t.wall for t in measured.timings[name]])] for name in measured.names]
+    table = harness.markdown_table(["case", "wall s, median (min-max)"], rows)
+    shares = [
+        [
+            key,
+            spread([p[key] for p in timed_probes]),
+            f"{statistics.median(p[key] / p['seconds'] for p in timed_probes):.1%}"
+            if key != "seconds"
+            else "-",
+        ]
+        for key in ("seconds", "imports", "model")
+    ]
+    probe_table = harness.markdown_table(
+        [f"torso predict under -X importtime ({args.images} images)", "s", "share"], shares
     )
-    print(f"\n{'case':<30} {'median s':>8}  min–max s")
-    for name, values in wall.items():
-        print(f"{name:<30} {spread(values)}")
-    shares = {
-        "imports": [p["imports"] / p["seconds"] for p in probed],
-        "model": [p["model"] / p["seconds"] for p in probed],
-    }
-    print(f"\ntorso predict under -X importtime ({args.images} images), seconds and share:")
-    for key in ("seconds", "imports", "model"):
-        print(f"  {key:<8} {spread([p[key] for p in probed])}", end="")
-        if key in shares:
-            print(f"   share {statistics.median(shares[key]):6.1%}", end="")
-        print()
+    threads = f"- torch threads in predict: {timed_probes[0]['threads']}"
+    harness.publish(args, "\n\n".join([head, table, probe_table, threads, harness.footer()]))
 
 
 if __name__ == "__main__":

@@ -1,293 +1,241 @@
-"""Training speed, images per second: torso vs a plain PyTorch loop vs fastai (when installed).
+"""Training speed, images per second: torso's Learner vs a plain PyTorch loop vs fastai.
 
-Same model (`torso.create_model(backbone, classes)`, random weights), same JPEGs, same image size,
-batch size, loader workers and optimiser (AdamW) for every contender; only training batches are
-timed (validation is left out). Two settings, as in issue 4:
+Every contender trains the same model (`torso.create_model(backbone, 4)`, random weights, every
+parameter trained) with AdamW at a constant rate, cross-entropy, the same batch size, the same
+threads and loader workers; validation is left out. Blocks run interleaved (benchmarks/harness.py)
+and each counts the images it really trained. Two settings:
 
-(a) compute-bound: timm resnet18, 128 px, batch 32, from 160x160 JPEGs. Epochs after the first
-    are timed (the first warms up and, for torso, fills the presize cache). The plain loop runs
-    twice: as written naively, and with channels_last. Target: torso >= 1.0x the best plain loop
-    and >= 1.15x fastai.
-(b) input-bound: tf_efficientnet_lite0, 96 px, from 500x375 JPEGs, 3 epochs, the whole run timed
-    from data set-up to the end, validation left out. Target: torso >= 1.5x fastai.
+(a) compute-bound: resnet18, 128 px, batch 32. Every contender reads the same decoded tensors
+    from memory (no JPEG decoding, no cache), a block is `--steps` batches. Contenders: torso's
+    Learner, a plain loop, the plain loop with channels_last, fastai's `vision_learner` (fastai's
+    own head on the same body). Targets: torso >= 1.0x the best plain loop, >= 1.15x fastai.
+(b) input-bound: tf_efficientnet_lite0, 96 px, batch 32, from 500x375 JPEGs: every contender reads
+    the same files with its own loader (torso: `load_data` with its presize cache; the plain
+    loop: PIL open + resize per item; fastai: `DataBlock` with `Resize`). A block is one epoch;
+    the untimed first epoch fills torso's cache, so the figure is for the epochs after it.
+    Target: torso >= 1.5x fastai.
 
-    .venv/bin/python benchmarks/train_speed.py                  # both settings
-    .venv/bin/python benchmarks/train_speed.py --setting a --images 320 --epochs 3
+    python benchmarks/train_speed.py                      # both settings, the standard sizes
+    python benchmarks/train_speed.py --setting a --rounds 9
+    python benchmarks/train_speed.py --quick --contenders torso plain   # a smoke run
 
-Measured on the 2-core development machine (2026-11-27) while other test suites ran beside it
-(load average 5-8), so absolute numbers are low and noisy:
-
-* `--images 200 --threads 1 --workers 0` (one thread, decoding in the training process):
-  (a) torso 21.7 img/s, plain loop 13.1, plain + channels_last 14.7, fastai 12.4 → torso 1.47x
-  the best plain loop, 1.74x fastai. (b) torso 24.6, plain 17.9, plain + channels_last 22.7,
-  fastai 16.8 → 1.08x and 1.47x.
-* `--images 320` (2 threads, 2 workers): every contender 3-8 img/s and epoch times varying 2x
-  within one contender: two threads on two busy cores mostly wait for each other.
+If the comparison were unfair the ratios would show it: a contender decoding JPEGs that another
+reads from memory in (a) would lose 2x or more; crediting torso for images its loader drops in
+(b) would add the dropped share (up to one batch an epoch) to its rate.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
+from contenders import (
+    ImageCounter,
+    adamw,
+    fastai_block,
+    parameters,
+    plain_block,
+    torso_block,
+    write_jpegs,
+)
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import torso
 from torso.data import load_data
-from torso.data.checks import default_workers
 from torso.tasks import get_task
-from torso.train.callbacks import Callback
 from torso.train.learner import Learner, set_seed
 
 CLASSES = 4
+TARGETS_A = {"plain loop": 1.0, "plain loop, channels_last": 1.0, "fastai vision_learner": 1.15}
+TARGETS_B = {"fastai vision_learner": 1.5}
 
 
-@dataclass
-class Setting:
-    name: str
-    backbone: str
-    size: int
-    batch_size: int
-    width: int
-    height: int
-    epochs: int
-    timed: str  # "after_first": epochs 2.. ; "whole": everything from data set-up on
+def loss(pred, y):
+    return torch.nn.functional.cross_entropy(pred, y)
 
 
-SETTINGS = {
-    "a": Setting("a compute-bound", "resnet18", 128, 32, 160, 160, 3, "after_first"),
-    "b": Setting("b input-bound", "tf_efficientnet_lite0", 96, 32, 500, 375, 3, "whole"),
-}
+def fastai_learner(dls, backbone: str):
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.vision.learner import vision_learner
 
-
-def generate(folder: Path, count: int, width: int, height: int) -> None:
-    """`count` JPEGs (smooth colour fields with squares) in CLASSES class folders."""
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        path = folder / f"class{index % CLASSES}" / f"{index:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8))
-        pixels = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC)).copy()
-        for _ in range(3):
-            top, left = rng.integers(0, height - height // 5), rng.integers(0, width - width // 5)
-            pixels[top : top + height // 5, left : left + width // 5] = rng.integers(0, 256, 3)
-        Image.fromarray(pixels).save(path, quality=90)
-
-
-# -- torso -------------------------------------------------------------------------------------
-class TrainTimer(Callback):
-    """Seconds of each epoch's training batches (loader start-up included) and of validation."""
-
-    def __init__(self):
-        self.seconds: list[float] = []
-        self.validation = 0.0
-        self._start = self._trained = 0.0
-
-    def on_epoch_start(self, learner):
-        self._start = time.perf_counter()
-
-    def on_batch_end(self, learner, loss):
-        if learner.batch_index + 1 == learner.num_batches:
-            self._trained = time.perf_counter()
-            self.seconds.append(self._trained - self._start)
-
-    def on_epoch_end(self, learner, row):
-        self.validation += time.perf_counter() - self._trained
-
-
-def run_torso(data: Path, setting: Setting, workers: int) -> tuple[list[float], int, float]:
-    set_seed(0)
-    start = time.perf_counter()
-    dls = load_data(
-        data,
-        size=setting.size,
-        batch_size=setting.batch_size,
-        num_workers=workers,
-        valid_pct=0.2,
-        augment=False,
-        seed=0,
+    return vision_learner(
+        dls,
+        backbone,
+        n_out=CLASSES,
+        pretrained=False,
+        normalize=False,
+        loss_func=CrossEntropyLossFlat(),
     )
-    task = get_task("classify")
-    model = torso.create_model(setting.backbone, dls.num_outputs)
-    timer = TrainTimer()
-    learner = Learner(model, dls.train, dls.valid, task=task, callbacks=[timer])
-    learner.fit_one_cycle(setting.epochs, 1e-3)
-    whole = time.perf_counter() - start - timer.validation
-    return timer.seconds, len(dls.train_items), whole
 
 
-# -- a plain PyTorch loop ----------------------------------------------------------------------
+# -- (a) compute-bound: the same decoded tensors for everyone ---------------------------------
+def setting_a(args) -> str:
+    backbone, size, batch = ("test_resnet", 32, 4) if args.quick else ("resnet18", 128, 32)
+    steps = 2 if args.quick else args.steps
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(steps * batch, 3, size, size, generator=generator)
+    y = torch.arange(steps * batch) % CLASSES
+    data = TensorDataset(x, y)
+
+    def loader():
+        return DataLoader(data, batch_size=batch, shuffle=False, num_workers=0)
+
+    contenders, sizes = [], {}
+    if harness.wanted(args, "torso"):
+        set_seed(0)
+        model = torso.create_model(backbone, CLASSES)
+        counter = ImageCounter()
+        learner = Learner(model, loader(), None, task=get_task("classify"), callbacks=[counter])
+        sizes["torso"] = parameters(model)
+        contenders.append(harness.Contender("torso", torso_block(learner, counter)))
+    for channels_last in (False, True):
+        name = "plain loop, channels_last" if channels_last else "plain loop"
+        if not harness.wanted(args, name if channels_last else "plain"):
+            continue
+        set_seed(0)
+        model = torso.create_model(backbone, CLASSES)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        sizes[name] = parameters(model)
+        block = plain_block(model, adamw(model), loader(), loss, channels_last)
+        contenders.append(harness.Contender(name, block))
+    if harness.wanted(args, "fastai") and harness.optional("fastai", "fastai vision_learner"):
+        from fastai.data.core import DataLoaders
+        from fastai.data.load import DataLoader as FastaiLoader
+
+        samples = list(zip(x, y, strict=True))
+        train = FastaiLoader(samples, bs=batch, shuffle=False, drop_last=False)
+        valid = FastaiLoader(samples[:batch], bs=batch)
+        set_seed(0)
+        learner = fastai_learner(DataLoaders(train, valid), backbone)
+        sizes["fastai vision_learner"] = parameters(learner.model)
+        contenders.append(harness.Contender("fastai vision_learner", fastai_block(learner)))
+    title = f"(a) compute-bound: {backbone}, {size} px, batch {batch}, {steps} steps a block"
+    return run(args, title, contenders, sizes, TARGETS_A, data="the same decoded tensors")
+
+
+# -- (b) input-bound: the same JPEG files for everyone ----------------------------------------
 class Folder(Dataset):
-    """Class-folder JPEGs, decoded and resized on every access, as a first loop would do."""
+    """JPEGs decoded and resized on every access, as a first hand-written loop does."""
 
     def __init__(self, paths: list[Path], classes: list[str], size: int):
         self.paths, self.classes, self.size = paths, classes, size
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index):
         path = self.paths[index]
-        image = (
-            Image.open(path)
-            .convert("RGB")
-            .resize((self.size, self.size), Image.Resampling.BILINEAR)
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+            pixels = torch.from_numpy(np.asarray(image).copy())
+        return pixels.permute(2, 0, 1).float() / 255, self.classes.index(path.parent.name)
+
+
+def setting_b(args, folder: Path) -> str:
+    backbone = "test_efficientnet" if args.quick else "tf_efficientnet_lite0"
+    size, batch = (32, 4) if args.quick else (96, 32)
+    count, width, height = (20, 64, 48) if args.quick else (args.images, 500, 375)
+    write_jpegs(folder, count, width, height, CLASSES)
+    workers = args.workers
+    dls = load_data(folder, size=size, batch_size=batch, num_workers=workers, augment=False, seed=0)
+    train_paths, valid_paths = list(dls.train_items), set(dls.valid_items)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+    contenders, sizes = [], {}
+    if harness.wanted(args, "torso"):
+        set_seed(0)
+        model = torso.create_model(backbone, CLASSES)
+        counter = ImageCounter()
+        learner = Learner(model, dls.train, None, task=get_task("classify"), callbacks=[counter])
+        sizes["torso"] = parameters(model)
+        contender = harness.Contender("torso", torso_block(learner, counter), workers=workers)
+        contenders.append(contender)
+    for channels_last in (False, True):
+        name = "plain loop, channels_last" if channels_last else "plain loop"
+        if not harness.wanted(args, name if channels_last else "plain"):
+            continue
+        set_seed(0)
+        model = torso.create_model(backbone, CLASSES)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        sizes[name] = parameters(model)
+        loader = DataLoader(
+            Folder(train_paths, classes, size), batch_size=batch, shuffle=True, num_workers=workers
         )
-        pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
-        return pixels, self.classes.index(path.parent.name)
+        block = plain_block(model, adamw(model), loader, loss, channels_last)
+        contenders.append(harness.Contender(name, block, workers=workers))
+    if harness.wanted(args, "fastai") and harness.optional("fastai", "fastai vision_learner"):
+        from fastai.vision.all import (
+            CategoryBlock,
+            DataBlock,
+            FuncSplitter,
+            ImageBlock,
+            Resize,
+            ResizeMethod,
+            parent_label,
+        )
 
-
-def run_plain(
-    data: Path, setting: Setting, workers: int, train_paths: list[Path], channels_last: bool
-) -> tuple[list[float], int, float]:
-    set_seed(0)
-    start = time.perf_counter()
-    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
-    loader = DataLoader(
-        Folder(train_paths, classes, setting.size),
-        batch_size=setting.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=False,
-        persistent_workers=workers > 0,
+        block_spec = DataBlock(
+            blocks=(ImageBlock, CategoryBlock),
+            get_items=lambda _: sorted(train_paths) + sorted(valid_paths),
+            splitter=FuncSplitter(lambda path: path in valid_paths),
+            get_y=parent_label,
+            item_tfms=Resize(size, method=ResizeMethod.Squish),
+        )
+        fastai_dls = block_spec.dataloaders(folder, bs=batch, num_workers=workers)
+        set_seed(0)
+        learner = fastai_learner(fastai_dls, backbone)
+        sizes["fastai vision_learner"] = parameters(learner.model)
+        contender = harness.Contender(
+            "fastai vision_learner", fastai_block(learner), workers=workers
+        )
+        contenders.append(contender)
+    title = (
+        f"(b) input-bound: {backbone}, {size} px, batch {batch}, {len(train_paths)} training "
+        f"images ({width}x{height} JPEGs), one epoch a block"
     )
-    model = torso.create_model(setting.backbone, len(classes))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    seconds = []
-    for _ in range(setting.epochs):
-        epoch_start = time.perf_counter()
-        for images, targets in loader:
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            loss = torch.nn.functional.cross_entropy(model(images), targets)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - epoch_start)
-    return seconds, len(train_paths), time.perf_counter() - start
+    return run(args, title, contenders, sizes, TARGETS_B, data="the same JPEG files")
 
 
-# -- fastai --------------------------------------------------------------------------------------
-def run_fastai(data: Path, setting: Setting, workers: int) -> tuple[list[float], int, float]:
-    from fastai.vision.all import (
-        Callback as FastaiCallback,
+def run(args, title, contenders, sizes, targets, data: str) -> str:
+    if not contenders:
+        return f"## {title}\n\nno contender selected"
+    params = ", ".join(f"{name} {count:,}" for name, count in sizes.items())
+    head = harness.header(
+        title, contenders, data=data, rounds=args.rounds, trained_parameters=params
     )
-    from fastai.vision.all import (
-        ImageDataLoaders,
-        Resize,
-        ResizeMethod,
-        vision_learner,
-    )
-
-    class Timer(FastaiCallback):
-        order = 99
-
-        def before_fit(self):
-            self.seconds, self.validation = [], 0.0
-
-        def before_train(self):
-            self.start = time.perf_counter()
-
-        def after_train(self):
-            self.seconds.append(time.perf_counter() - self.start)
-
-        def before_validate(self):
-            self.start_validation = time.perf_counter()
-
-        def after_validate(self):
-            self.validation += time.perf_counter() - self.start_validation
-
-    set_seed(0)
-    start = time.perf_counter()
-    dls = ImageDataLoaders.from_folder(
-        data,
-        valid_pct=0.2,
-        seed=0,
-        item_tfms=Resize(setting.size, method=ResizeMethod.Squish),
-        bs=setting.batch_size,
-        num_workers=workers,
-    )
-    timer = Timer()
-    learner = vision_learner(dls, setting.backbone, pretrained=False, cbs=[timer])
-    with learner.no_bar(), learner.no_logging():
-        learner.fit_one_cycle(setting.epochs, 1e-3)
-    whole = time.perf_counter() - start - timer.validation
-    return timer.seconds, len(dls.train_ds), whole
+    print(head)
+    result = harness.measure(contenders, args.rounds, warmup=args.warmup)
+    baseline = contenders[0].name
+    table = harness.speed_table(result, baseline, targets if baseline == "torso" else None)
+    return "\n\n".join([head, table, harness.footer()])
 
 
-# -- the table -----------------------------------------------------------------------------------
-def images_per_second(seconds: list[float], images: int, whole: float, setting: Setting) -> float:
-    if setting.timed == "after_first":
-        later = seconds[1:] or seconds
-        return images * len(later) / sum(later)
-    return images * setting.epochs / whole
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_arguments(parser, rounds=5)
     parser.add_argument("--setting", choices=["a", "b", "both"], default="both")
-    parser.add_argument("--images", type=int, default=400, help="JPEGs to generate (400)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the setting's epochs")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="loader workers (torso's default)"
-    )
-    parser.add_argument("--data", type=Path, default=None, help="where to put the JPEGs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (all cores)")
-    arguments = parser.parse_args()
-    if arguments.threads:
-        torch.set_num_threads(arguments.threads)
-    has_fastai = importlib.util.find_spec("fastai") is not None
-    workers = default_workers() if arguments.workers is None else arguments.workers
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {workers} loader "
-        f"workers, fastai {'installed' if has_fastai else 'not installed'}"
-    )
-    for key in ["a", "b"] if arguments.setting == "both" else [arguments.setting]:
-        setting = SETTINGS[key]
-        if arguments.epochs:
-            setting.epochs = arguments.epochs
-        with tempfile.TemporaryDirectory(dir=arguments.data) as folder:
-            data = Path(folder) / "images"
-            generate(data, arguments.images, setting.width, setting.height)
-            dls = load_data(
-                data,
-                size=setting.size,
-                batch_size=setting.batch_size,
-                num_workers=0,
-                seed=0,
-                cache=False,
-                check=False,
-            )
-            train_paths = list(dls.train_items)
-            results = {"torso": run_torso(data, setting, workers)}
-            results["plain loop"] = run_plain(data, setting, workers, train_paths, False)
-            results["plain loop, channels_last"] = run_plain(
-                data, setting, workers, train_paths, True
-            )
-            if has_fastai:
-                results["fastai vision_learner"] = run_fastai(data, setting, workers)
-        speeds = {name: images_per_second(*result, setting) for name, result in results.items()}
-        timed = "epochs 2.." if setting.timed == "after_first" else "set-up + all epochs"
-        print(
-            f"\n({setting.name}) {setting.backbone}, {setting.size} px, batch "
-            f"{setting.batch_size}, {setting.width}x{setting.height} JPEGs, {setting.epochs} "
-            f"epochs, {len(train_paths)} training images; timed: {timed}"
-        )
-        print(f"{'':28s} {'img/s':>8s} {'torso is':>10s}  training epochs (s)")
-        for name, speed in speeds.items():
-            ratio = speeds["torso"] / speed
-            epochs = " ".join(f"{seconds:.1f}" for seconds in results[name][0])
-            print(f"{name:28s} {speed:8.1f} {ratio:9.2f}x  {epochs}")
+    parser.add_argument("--steps", type=int, default=3, help="(a) batches a block (3)")
+    parser.add_argument("--images", type=int, default=320, help="(b) JPEGs to write (320)")
+    parser.add_argument("--workers", type=int, default=0, help="(b) loader workers, all (0)")
+    parser.add_argument("--data", type=Path, default=None, help="(b) where to write the JPEGs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 2)
+    harness.start(args)
+    texts = []
+    if args.setting in ("a", "both"):
+        texts.append(setting_a(args))
+    if args.setting in ("b", "both"):
+        with tempfile.TemporaryDirectory(dir=args.data) as temporary:
+            texts.append(setting_b(args, Path(temporary) / "images"))
+    harness.publish(args, "\n\n".join(texts))
 
 
 if __name__ == "__main__":

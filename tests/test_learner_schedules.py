@@ -187,13 +187,16 @@ def test_learner_refuses_bad_settings():
         tiny_learner().freeze_to(7)
 
 
-def test_cpu_defaults_channels_last_and_no_autocast():
+def test_cpu_defaults_no_autocast_and_a_measured_memory_format():
     learner = tiny_learner(device="cpu")
     assert learner.mixed_precision == "no"
-    assert learner.channels_last
-    weight = learner.model.body.parameters().__next__()
-    assert weight.is_contiguous(memory_format=torch.channels_last) or weight.ndim != 4
+    assert learner.channels_last is None  # measured on the first training batch
+    learner.fit(1, 1e-3)
+    assert learner.channels_last in (True, False)
+    weight = next(p for p in learner.model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last) == learner.channels_last
     assert math.isclose(learner.weight_decay, 0.01)
+    assert tiny_learner(device="cpu", channels_last=True).channels_last is True
 
 
 def test_weight_decay_of_one_fit_does_not_stick():

@@ -35,7 +35,7 @@ from torso.train.callbacks.base import Callback, CancelFit
 from torso.train.evaluation import batch_size, batches_in, evaluate
 from torso.train.parallel import Parallel
 from torso.train.parallel import sync_batchnorm as sync_batchnorm_layers
-from torso.train.placement import to_device, wants_channels_last
+from torso.train.placement import choose_memory_format, probe_learner_layout, to_device
 from torso.train.precision import Precision, choose_precision
 from torso.train.schedules import LearningRate, Phase, fine_tune_phases, spread_learning_rate
 from torso.train.state import set_seed as set_seed  # where callers have always found it
@@ -63,8 +63,8 @@ class Learner:
             False they freeze and stay in eval mode.
         splitter: `model -> list of parameter lists`; default `torso.models.param_groups`.
         device: default CUDA when available, else CPU. channels_last: default on for conv
-            models. mixed_precision: "bf16", "fp16", "no" (`precision.choose_precision`).
-        compile: `torch.compile` the model. accumulate: batches per optimiser step.
+            models on a GPU, on a CPU if faster on the first batch (`placement`). compile:
+            `torch.compile`. mixed_precision: "bf16", "fp16", "no". accumulate: batches per step.
         sync_batchnorm: under torchrun on GPUs, BatchNorm statistics over the global batch.
         out: run folder for the training state, `metrics.csv`, the model and the report.
     """
@@ -106,9 +106,7 @@ class Learner:
         self.weight_decay, self.train_bn, self.splitter = weight_decay, train_bn, splitter
         self.accumulate = accumulate
         self.out = Path(out) if out is not None else None
-        self.channels_last = wants_channels_last(model, channels_last)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = choose_memory_format(model, channels_last, self.device, compile)
         self.mixed_precision = choose_precision(mixed_precision, self.device)
         self.precision = Precision(self.mixed_precision, self.device)
         self._forward = torch.compile(self.model) if compile else self.model
@@ -297,6 +295,8 @@ class Learner:
         return train_loss
 
     def _one_batch(self, x: Any, y: Any) -> None:
+        if self.channels_last is None:  # on a CPU: measured on the first batch (placement)
+            self.channels_last = probe_learner_layout(self, (x, y))
         self.x, self.y = self._to_device(x), self._to_device(y)
         self._event("before_batch")
         model = self.parallel.module(self.x, self._call_model) or self._forward
