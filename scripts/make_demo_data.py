@@ -5,7 +5,8 @@
   of each of the 10 classes → src/torso/assets/fashion_mnist.npz (10,000 train / 1,000 valid).
 - The 2018 Data Science Bowl nuclei image shipped in the stardist wheel (BSD-3):
   `stardist/data/images/img2d.tif` and `mask2d.tif` (512×512, 125 labelled nuclei) →
-  src/torso/assets/nuclei.npz (image uint8, mask 0 = background, 1 = nucleus).
+  src/torso/assets/nuclei.npz (image uint8, mask 0 = background, 1 = nucleus, labels: the
+  nucleus each pixel belongs to, 0 = none).
 
 Usage: python scripts/make_demo_data.py FASHION_DIR [STARDIST_WHEEL]  (the wheel: nuclei too)
 """
@@ -69,6 +70,7 @@ def nuclei(wheel: Path) -> None:
         ASSETS / "nuclei.npz",
         image=image.astype(np.uint8),
         mask=(labels > 0).astype(np.uint8),
+        labels=labels.astype(np.uint8 if labels.max() <= 255 else np.uint16),
         nuclei=np.array(len(np.unique(labels)) - 1),
     )
 

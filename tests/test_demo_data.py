@@ -8,7 +8,6 @@ from torso.data.demo import (
     HELD_OUT_ROWS,
     MIN_NUCLEUS_PIXELS,
     TILE,
-    connected_components,
     nuclei_tiles,
     nucleus_boxes,
     tile_origins,
@@ -53,15 +52,23 @@ def test_nuclei_folder_layout(tmp_path):
         assert images == masks and images
 
 
-def test_nucleus_boxes_are_the_connected_components():
-    mask = np.zeros((20, 30), dtype=np.uint8)
-    mask[2:6, 3:9] = 1  # 24 px
-    mask[6:10, 9:12] = 1  # 12 px, touching the first only at a corner: another nucleus
-    mask[15:17, 20:22] = 1  # 4 px: too small to be a nucleus
-    labels, count = connected_components(mask)
-    assert count == 3 and labels[3, 4] != labels[7, 10] and labels[0, 0] == 0
-    assert nucleus_boxes(mask) == [(3, 2, 9, 6), (9, 6, 12, 10)]
+def test_nucleus_boxes_are_the_labelled_nuclei():
+    labels = np.zeros((20, 30), dtype=np.uint8)
+    labels[2:6, 3:9] = 7  # 24 px
+    labels[2:6, 9:12] = 4  # 12 px, touching nucleus 7 side by side: still its own box
+    labels[15:17, 20:22] = 9  # 4 px: too small to be a nucleus
+    assert nucleus_boxes(labels) == [(9, 2, 12, 6), (3, 2, 9, 6)]
     assert MIN_NUCLEUS_PIXELS > 4
+
+
+def test_nuclei_labels_tile_like_the_mask():
+    masks, labels = nuclei_tiles(), nuclei_tiles("labels")
+    for split in ("train", "valid"):
+        for (image, mask), (same_image, label) in zip(masks[split], labels[split], strict=True):
+            assert np.array_equal(image, same_image)
+            assert np.array_equal(mask, (label > 0).astype(mask.dtype))
+    # touching nuclei the mask cannot tell apart: more labelled nuclei than mask components
+    assert len(np.unique(np.concatenate([t for _, t in labels["valid"]]))) > 2
 
 
 def test_nuclei_boxes_folder_is_valid_coco(tmp_path):
@@ -84,7 +91,7 @@ def test_nuclei_boxes_folder_is_valid_coco(tmp_path):
             assert x + w <= TILE and y + h <= TILE  # inside its tile
         # each box holds mask pixels touching all four of its edges
         first = [a["bbox"] for a in document["annotations"] if a["image_id"] == 1]
-        mask = tiles[split][0][1]
+        mask = tiles[split][0][1] > 0
         for x, y, w, h in first:
             inside = mask[y : y + h, x : x + w]
             assert inside[0].any() and inside[-1].any() and inside[:, 0].any()
@@ -92,6 +99,11 @@ def test_nuclei_boxes_folder_is_valid_coco(tmp_path):
     # validation tiles are pixels training never sees
     train = {image.tobytes() for image, _ in tiles["train"]}
     assert not any(image.tobytes() in train for image, _ in tiles["valid"])
+    # one box a labelled nucleus of at least MIN_NUCLEUS_PIXELS in the tile
+    labels = nuclei_tiles("labels")["valid"][0][1]
+    sizes = np.bincount(labels.ravel())[1:]
+    first_valid = json.loads((root / "annotations" / "valid.json").read_text())["annotations"]
+    assert sum(a["image_id"] == 1 for a in first_valid) == int((sizes >= MIN_NUCLEUS_PIXELS).sum())
     source = read_boxes(root)
     assert not source.problems and source.classes == ["nucleus"]
     assert sum(item.split == "valid" for item in source.items) == len(tiles["valid"])

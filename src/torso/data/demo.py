@@ -3,9 +3,9 @@
 - Fashion-MNIST (MIT, Zalando SE): a class-balanced subset, 10,000 training and 1,000
   validation 28×28 grey images of 10 kinds of clothing (`assets/fashion_mnist.npz`).
 - Nuclei (BSD-3, from the 2018 Data Science Bowl via stardist): one 512×512 fluorescence image
-  with its nucleus mask (`assets/nuclei.npz`), cut into tiles; the bottom quarter of the image is
-  held out for validation, so no validation pixel is ever seen in training. For detection, each
-  tile's nuclei are the connected components of its mask, each one's bounding box a "nucleus".
+  with its nucleus mask and its labelled nuclei (`assets/nuclei.npz`), cut into tiles; the bottom
+  quarter of the image is held out for validation, so no validation pixel is ever seen in
+  training. For detection, each labelled nucleus of a tile gives one "nucleus" box.
 
 The folders use the layouts `torso train` reads, so the demo runs the same code a user's data
 does: `train/<class>/*.png` + `valid/<class>/*.png`, `images/` + `masks/` + `codes.txt`, and
@@ -36,7 +36,7 @@ NUCLEI_CODES = ["background", "nucleus"]
 TILE = 128
 TRAIN_STRIDE = 32
 HELD_OUT_ROWS = 128  # the bottom rows of the nuclei image: validation only
-#: A connected piece of nucleus mask smaller than this (pixels inside the tile) is no box: a
+#: A nucleus with fewer pixels than this inside the tile is no box: a
 #: sliver of a nucleus cut by the tile's edge, or noise.
 MIN_NUCLEUS_PIXELS = 10
 
@@ -46,7 +46,7 @@ def _asset(name: str) -> np.lib.npyio.NpzFile:
         return np.load(path, allow_pickle=False)
 
 
-def _done(folder: Path, expected: int) -> bool:
+def _done(folder: Path, expected: int | str) -> bool:
     marker = folder / ".complete"
     return marker.exists() and marker.read_text().strip() == str(expected)
 
@@ -88,13 +88,17 @@ def tile_origins(height: int, width: int) -> dict[str, list[tuple[int, int]]]:
     }
 
 
-def nuclei_tiles() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """(image, mask) tiles of the nuclei image for "train" and "valid" (see `tile_origins`)."""
+def nuclei_tiles(layer: str = "mask") -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(image, target) tiles of the nuclei image for "train" and "valid" (see `tile_origins`).
+
+    layer: "mask" (0 background, 1 nucleus) or "labels" (the nucleus each pixel belongs to,
+    numbered over the whole image; 0 none): the annotation the 2018 Data Science Bowl gives,
+    in which nuclei that touch are still told apart."""
     data = _asset("nuclei.npz")
-    image, mask = data["image"], data["mask"]
+    image, target = data["image"], data[layer]
     return {
         split: [
-            (image[y : y + TILE, x : x + TILE], mask[y : y + TILE, x : x + TILE])
+            (image[y : y + TILE, x : x + TILE], target[y : y + TILE, x : x + TILE])
             for y, x in origins
         ]
         for split, origins in tile_origins(*image.shape).items()
@@ -122,35 +126,13 @@ def write_nuclei(folder: str | Path) -> Path:
     return folder
 
 
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label the 4-connected regions of the non-zero pixels of a 2-D `mask`: an int32 array of
-    the same shape (0 background, regions 1 … count) and the count. (Nuclei that touch
-    side by side become one region: the mask holds no boundary between them.)"""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    height, width = mask.shape
-    count = 0
-    for start_y, start_x in zip(*np.nonzero(mask), strict=True):
-        if labels[start_y, start_x]:
-            continue
-        count += 1
-        labels[start_y, start_x] = count
-        stack = [(int(start_y), int(start_x))]
-        while stack:
-            y, x = stack.pop()
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = count
-                    stack.append((ny, nx))
-    return labels, count
-
-
-def nucleus_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """The bounding boxes `(x0, y0, x1, y1)` (pixel edges, x1 and y1 exclusive) of the
-    connected components of `mask` with at least `MIN_NUCLEUS_PIXELS` pixels, top to bottom."""
-    labels, count = connected_components(mask)
+def nucleus_boxes(labels: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The bounding boxes `(x0, y0, x1, y1)` (pixel edges, x1 and y1 exclusive) of the nuclei
+    of a tile of instance `labels` (0 none) with at least `MIN_NUCLEUS_PIXELS` pixels in the
+    tile, in the order of their numbers."""
     boxes = []
-    for region in range(1, count + 1):
-        ys, xs = np.nonzero(labels == region)
+    for nucleus in np.unique(labels[labels > 0]):
+        ys, xs = np.nonzero(labels == nucleus)
         if len(ys) >= MIN_NUCLEUS_PIXELS:
             boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
     return boxes
@@ -158,26 +140,27 @@ def nucleus_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 def write_nuclei_boxes(folder: str | Path) -> Path:
     """Write the nuclei tiles for detection in COCO's layout: `annotations/train.json` and
-    `annotations/valid.json` (one category, "nucleus"; a box per connected component of each
-    tile's mask, see `nucleus_boxes`) with the tiles in `images/train/` and `images/valid/`.
+    `annotations/valid.json` (one category, "nucleus"; a box per labelled nucleus of each
+    tile, see `nucleus_boxes`) with the tiles in `images/train/` and `images/valid/`.
     Returns `folder`."""
     import json
 
     folder = Path(folder)
-    tiles = nuclei_tiles()
-    total = sum(len(v) for v in tiles.values())
-    if _done(folder, total):
+    tiles = nuclei_tiles("labels")
+    # The marker names the boxes' source: folders of connected-component boxes are rewritten.
+    contents = f"{sum(len(v) for v in tiles.values())} tiles, labelled nuclei"
+    if _done(folder, contents):
         return folder
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
     for split, pairs in tiles.items():
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for index, (image, mask) in enumerate(pairs):
+        for index, (image, labels) in enumerate(pairs):
             name = f"{index:04d}.png"
             Image.fromarray(image, mode="L").save(folder / "images" / split / name)
             image_id = index + 1
             images.append({"id": image_id, "file_name": name, "width": TILE, "height": TILE})
-            for x0, y0, x1, y1 in nucleus_boxes(mask):
+            for x0, y0, x1, y1 in nucleus_boxes(labels):
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
@@ -194,5 +177,5 @@ def write_nuclei_boxes(folder: str | Path) -> Path:
             "categories": [{"id": 1, "name": "nucleus"}],
         }
         (folder / "annotations" / f"{split}.json").write_text(json.dumps(document) + "\n")
-    (folder / ".complete").write_text(str(total))
+    (folder / ".complete").write_text(contents)
     return folder
