@@ -45,7 +45,8 @@ def measured_detector(data: str, run: str, **samplers) -> tuple[dict, dict]:
         **samplers,
     )
     task = get_task("detect", **config.task_options)
-    learner = Learner(model, dls.train, dls.valid, task=task, config=config)
+    # one memory layout in both launches (a CPU Learner measures which is faster when alone)
+    learner = Learner(model, dls.train, dls.valid, task=task, config=config, channels_last=False)
     return learner.validate(), learner.get_preds()
 
 
