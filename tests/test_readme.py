@@ -162,7 +162,7 @@ def demo_server(tmp_path_factory):
     from torso.tools.serve import ServedModel, create_app
 
     folder = tmp_path_factory.mktemp("readme-serve")
-    run = saved_run(folder / "runs" / "demo-classify", "classify", FASHION_CLASSES, 64)
+    run = saved_run(folder / "runs" / "demo-classify", "classify", FASHION_CLASSES, 48)
     image = folder / DEMO_IMAGE
     image.parent.mkdir(parents=True)
     _, label = fashion_image(image, 0)
@@ -193,4 +193,4 @@ def test_readme_curl_example_gets_the_predictors_answer(index, demo_server):
         key for key in expected if key.startswith("p_")
     }
     if "explain=1" in block:
-        assert record["heatmap"]["encoding"] == "png" and record["heatmap"]["width"] == 64
+        assert record["heatmap"]["encoding"] == "png" and record["heatmap"]["width"] == 48
