@@ -134,6 +134,8 @@ def test_sigkilled_run_resumes_to_the_same_weights(data, tmp_path):
         str(weights),
         "--threads",  # the same in every process: another thread count sums in another order
         "1",
+        "--channels-last",  # likewise the layout, which "auto" would measure in each process
+        "off",
     ]
 
     whole = tmp_path / "whole"

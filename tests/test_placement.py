@@ -155,3 +155,26 @@ def test_embed_files_uses_the_measured_layout(monkeypatch, tmp_path):
     assert result.count == 3
     weight = next(p for p in embedder.parameters() if p.ndim == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_a_resumed_run_trains_on_in_the_layout_it_was_saved_in(monkeypatch, slow, tmp_path):
+    """The probe's choice rests on timings, which may differ in the resuming process: the
+    saved state's layout wins, so the resumed run sums as the uninterrupted one did."""
+    from torso.train.state import load_state, save_state
+
+    first = fitted(None, monkeypatch, slow)  # probed: channels_last is (not slow)
+    save_state(first, tmp_path / "state.safetensors")
+    placement.forget_decisions()
+    model = torso.create_model("test_resnet", 3)
+    monkeypatch.setattr(placement, "PROBE_CLOCK", RiggedClock(model, not slow))  # other way
+    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 3
+    train = DataLoader(TensorDataset(x, y), batch_size=4)
+    resumed = Learner(model, train, None, task=get_task("classify"))
+    load_state(resumed, tmp_path / "state.safetensors")
+    assert resumed.channels_last is (not slow)
+    resumed.fit(1, 1e-2)  # no probe runs: the layout is the saved one
+    assert resumed.channels_last is (not slow)
+    weight = next(p for p in resumed.model.parameters() if p.ndim == 4)
+    stored = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert stored is (not slow)

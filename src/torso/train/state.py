@@ -170,6 +170,7 @@ def save_state(learner: Learner, path: str | os.PathLike) -> None:
         },
         "config": config.to_dict() if isinstance(config, RunConfig) else config,
         "accumulate": learner.accumulate,
+        "channels_last": learner.channels_last,
     }
     if learner.precision.scaler is not None:
         info["scaler"] = learner.precision.state_dict()
@@ -188,6 +189,7 @@ def load_state(learner: Learner, path: str | os.PathLike) -> tuple[list[Phase], 
         learner.model.load_state_dict(model_state, strict=True)
     except RuntimeError:
         raise TorsoError(f"the training state in '{path}' belongs to a different model") from None
+    _keep_layout(learner, info.get("channels_last"))
     if info.get("accumulate", 1) != learner.accumulate:
         raise TorsoError(
             f"'{path}' was trained with accumulate={info.get('accumulate')}; "
@@ -208,6 +210,17 @@ def load_state(learner: Learner, path: str | os.PathLike) -> tuple[list[Phase], 
     if info.get("stopped") or int(info["phase_index"]) >= len(phases):
         return None
     return phases, int(info["phase_index"]), int(info["phase_epoch"])
+
+
+def _keep_layout(learner: Learner, saved: Any) -> None:
+    """Train on in the memory layout the saved run trained in, when the learner would otherwise
+    measure which is faster (a CPU Learner's probe, `torso.train.placement`): a layout chosen by
+    timing can differ from one process to the next, and the sums in another layout differ in
+    the last bits, so a resumed run would not give the weights of an uninterrupted one."""
+    if learner.channels_last is None and isinstance(saved, bool):
+        learner.channels_last = saved
+        layout = torch.channels_last if saved else torch.contiguous_format
+        learner.model.to(memory_format=layout)
 
 
 def snapshot(learner: Learner) -> dict[str, Any]:
