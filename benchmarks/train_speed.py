@@ -74,6 +74,25 @@ def fastai_learner(dls, backbone: str):
 
 
 # -- (a) compute-bound: the same decoded tensors for everyone ---------------------------------
+def plain_contenders(args, backbone: str, loader, loss, sizes: dict, workers: int = 0) -> list:
+    """The hand-written loop in the default layout and with channels_last (those `--contenders`
+    asks for), each on a fresh model seeded as torso's and a fresh `loader()`; their parameter
+    counts go into `sizes`."""
+    contenders = []
+    for channels_last in (False, True):
+        name = "plain loop, channels_last" if channels_last else "plain loop"
+        if not harness.wanted(args, name if channels_last else "plain"):
+            continue
+        set_seed(0)
+        model = torso.create_model(backbone, CLASSES)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        sizes[name] = parameters(model)
+        block = plain_block(model, adamw(model), loader(), loss, channels_last)
+        contenders.append(harness.Contender(name, block, workers=workers))
+    return contenders
+
+
 def setting_a(args) -> str:
     backbone, size, batch = ("test_resnet", 32, 4) if args.quick else ("resnet18", 128, 32)
     steps = 2 if args.quick else args.steps
@@ -93,17 +112,7 @@ def setting_a(args) -> str:
         learner = Learner(model, loader(), None, task=get_task("classify"), callbacks=[counter])
         sizes["torso"] = parameters(model)
         contenders.append(harness.Contender("torso", torso_block(learner, counter)))
-    for channels_last in (False, True):
-        name = "plain loop, channels_last" if channels_last else "plain loop"
-        if not harness.wanted(args, name if channels_last else "plain"):
-            continue
-        set_seed(0)
-        model = torso.create_model(backbone, CLASSES)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        sizes[name] = parameters(model)
-        block = plain_block(model, adamw(model), loader(), loss, channels_last)
-        contenders.append(harness.Contender(name, block))
+    contenders += plain_contenders(args, backbone, loader, loss, sizes)
     if harness.wanted(args, "fastai") and harness.optional("fastai", "fastai vision_learner"):
         from fastai.data.core import DataLoaders
         from fastai.data.load import DataLoader as FastaiLoader
@@ -156,20 +165,12 @@ def setting_b(args, folder: Path) -> str:
         sizes["torso"] = parameters(model)
         contender = harness.Contender("torso", torso_block(learner, counter), workers=workers)
         contenders.append(contender)
-    for channels_last in (False, True):
-        name = "plain loop, channels_last" if channels_last else "plain loop"
-        if not harness.wanted(args, name if channels_last else "plain"):
-            continue
-        set_seed(0)
-        model = torso.create_model(backbone, CLASSES)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        sizes[name] = parameters(model)
-        loader = DataLoader(
-            Folder(train_paths, classes, size), batch_size=batch, shuffle=True, num_workers=workers
-        )
-        block = plain_block(model, adamw(model), loader, loss, channels_last)
-        contenders.append(harness.Contender(name, block, workers=workers))
+
+    def loader():
+        dataset = Folder(train_paths, classes, size)
+        return DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+
+    contenders += plain_contenders(args, backbone, loader, loss, sizes, workers)
     if harness.wanted(args, "fastai") and harness.optional("fastai", "fastai vision_learner"):
         from fastai.vision.all import (
             CategoryBlock,
